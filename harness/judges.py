@@ -1,0 +1,1 @@
+"""Judges (registry kind ``judges``): filled in by the evaluation work (issue: X-AlpacaEval scoring)."""
