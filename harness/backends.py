@@ -88,7 +88,8 @@ class Backend:
 
     # -- interface -------------------------------------------------------------------------------------------------
     def generate(self, prompts: Sequence[str], *, n: int, temperature: float, top_p: float, max_tokens: int,
-                 seed: int, repetition_penalty: float = 1.0) -> list[list[Completion]]:
+                 seeds: Sequence[int], repetition_penalty: float = 1.0) -> list[list[Completion]]:
+        """n completions per prompt; ``seeds`` has one seed per prompt, so samples do not depend on batching."""
         raise NotImplementedError
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[list[float]]:
@@ -135,13 +136,13 @@ class TransformersBackend(Backend):
         self.stop_ids = sorted({i for s in self.stop for i in self.tokenizer(s, add_special_tokens=False)["input_ids"]
                                 if len(self.tokenizer(s, add_special_tokens=False)["input_ids"]) == 1})
 
-    def generate(self, prompts, *, n, temperature, top_p, max_tokens, seed, repetition_penalty=1.0):
+    def generate(self, prompts, *, n, temperature, top_p, max_tokens, seeds, repetition_penalty=1.0):
         import torch
 
         tok = self.tokenizer
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         out: list[list[Completion]] = []
-        for prompt in prompts:  # one prompt per call: the samples do not depend on batch composition
+        for prompt, seed in zip(prompts, seeds):  # one prompt per call: samples do not depend on batching
             ids = tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"].to(self.device)
             torch.manual_seed(seed)
             with torch.no_grad():
@@ -231,12 +232,12 @@ class VLLMBackend(Backend):
                        max_model_len=max_model_len, trust_remote_code=self.spec.trust_remote_code, seed=0,
                        **engine_options)
 
-    def generate(self, prompts, *, n, temperature, top_p, max_tokens, seed, repetition_penalty=1.0):
+    def generate(self, prompts, *, n, temperature, top_p, max_tokens, seeds, repetition_penalty=1.0):
         from vllm import SamplingParams
 
         params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=self.stop,
-                                 seed=derive_seed(seed, i), repetition_penalty=repetition_penalty)
-                  for i in range(len(prompts))]
+                                 seed=seed, repetition_penalty=repetition_penalty)
+                  for seed in seeds]
         outs = self.llm.generate([{"prompt": p} for p in prompts], params, use_tqdm=False)
         return [[Completion(c.text.strip(), len(c.token_ids), c.finish_reason == "stop") for c in o.outputs]
                 for o in outs]

@@ -1,0 +1,301 @@
+"""Command line: ``harness run | demo | ls | bench``.
+
+Commands import their heavy modules only when they run, so ``harness --help``, ``harness ls`` and config errors
+never load torch, transformers, vllm or trl. Exit codes: 0 ok, 2 bad input or configuration (one line on stderr,
+traceback only with --debug), 1 a bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from harness.errors import EXIT_BAD_INPUT, HarnessError
+
+EPILOG_RUN = """examples:
+  harness run demo                                  the packaged demo (same as: harness demo)
+  harness run my.yaml train.beta=0.2 languages=[en,de,fr]
+  harness run paper --dry-run                       the paper's GPU setting: plan and counts, no model loaded
+  harness run my.yaml --force reward                redo the reward stage (every iteration) and what follows
+"""
+
+
+def _quiet_third_party() -> None:
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    import warnings
+
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def _setup_logging(debug: bool, logfile: Path | None = None) -> None:
+    from rich.logging import RichHandler
+
+    from harness.ui import console
+
+    root = logging.getLogger()
+    root.handlers.clear()
+    root.setLevel(logging.INFO)
+    h = RichHandler(console=console, show_path=False, show_time=False, markup=False)
+    h.setLevel(logging.DEBUG if debug else logging.INFO)
+    h.addFilter(lambda r: r.name.startswith("harness") or r.levelno >= logging.WARNING)
+    root.addHandler(h)
+    if logfile is not None:
+        logfile.parent.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(logfile, encoding="utf-8")
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(fh)
+    for name in ("transformers", "datasets", "vllm", "torch", "accelerate", "httpx", "urllib3", "filelock"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+# -- run / demo ----------------------------------------------------------------------------------------------------
+def _resolve_config(name_or_path: str) -> Path:
+    from harness.config import list_presets, preset_path
+
+    p = Path(name_or_path)
+    if p.exists() or p.suffix in (".yaml", ".yml") or os.sep in name_or_path:
+        if not p.exists():
+            raise HarnessError("config file does not exist", p)
+        return p
+    preset = preset_path(name_or_path)
+    if preset is None:
+        import difflib
+
+        close = difflib.get_close_matches(name_or_path, list_presets(), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise HarnessError(f"'{name_or_path}' is neither a config file nor a preset{hint} "
+                           f"presets: {', '.join(list_presets())}")
+    return preset
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from harness.config import load_config
+    from harness.paths import runs_root
+
+    overrides = list(args.overrides)
+    if args.run_name:
+        overrides.append(f"run_name={args.run_name}")
+    if args.data_dir:
+        overrides.append(f"data_dir={args.data_dir}")
+    cfg_path = _resolve_config(args.config)
+    cfg, raw = load_config(cfg_path, overrides)
+    from harness.pipeline import Pipeline
+
+    pipe = Pipeline(cfg, raw, runs_root(args.runs_dir))
+    tasks = pipe.plan()
+    if args.force:
+        pipe.apply_force(args.force)
+    if args.dry_run:
+        _print_plan(pipe, tasks)
+        return 0
+    _setup_logging(args.debug, pipe.layout.log)
+    logging.getLogger("harness").info("run %s -> %s (%d stages, %d to do)", cfg.run_name, pipe.layout.root,
+                                      len(tasks), sum(t.status != "skip" for t in tasks))
+    t0 = time.time()
+
+    def on_task(t, what):
+        if what == "start" and t.status != "skip":
+            logging.getLogger("harness").info("%s: %s", t.label, t.status)
+
+    pipe.run(on_task)
+    _print_summary(pipe, tasks, time.time() - t0)
+    return 0
+
+
+def _plan_counts(pipe, t) -> str:
+    cfg = pipe.cfg.for_iteration(t.iteration) if t.iteration else pipe.cfg
+    n_prompts = getattr(pipe, "n_prompts", 0)
+    langs = len(cfg.languages)
+    pair_langs = len(pipe.strategy.pair_languages(cfg.languages))
+    if t.stage == "sample":
+        s = n_prompts * langs * cfg.sample.n
+        return (f"{n_prompts * langs} prompts x n={cfg.sample.n} = {s} samples, <= {s * cfg.sample.max_tokens:,} "
+                f"new tokens")
+    if t.stage == "reward":
+        s = n_prompts * langs * cfg.sample.n
+        extra = f" (+{s} self-translations)" if pipe.strategy.translate else ""
+        return f"{2 * s} sequences scored (policy + reference){extra}"
+    if t.stage == "pairs":
+        return f"<= {n_prompts * pair_langs} pairs ({pair_langs} languages)"
+    from harness.stages.train import train_config_for
+
+    tc = train_config_for(cfg, t.iteration)
+    if t.iteration == 0:
+        from harness.data import load_english_prefs
+
+        n = len(load_english_prefs(cfg.stage0.dataset, cfg.stage0.limit)[0])
+        src = f"{n} English pairs ({cfg.stage0.dataset})"
+    else:
+        n = n_prompts * pair_langs
+        src = f"<= {n} pairs"
+    per_step = tc.batch_size * tc.grad_accum * max(tc.accelerate.num_processes, 1)
+    steps = int(-(-n // per_step) * tc.epochs)
+    return f"{src}, ~{steps} optimizer steps ({tc.method}, {tc.precision}, batch {per_step})"
+
+
+def _print_plan(pipe, tasks) -> None:
+    from rich.table import Table
+
+    from harness.ui import console
+    from harness.stages.train import check_dpo_kwargs, dpo_kwargs, train_config_for
+
+    cfg = pipe.cfg
+    table = Table(title=f"plan: {cfg.run_name} -> {pipe.layout.root}")
+    for col in ("stage", "status", "work", "hash"):
+        table.add_column(col)
+    for t in tasks:
+        table.add_row(t.label, t.status, _plan_counts(pipe, t), t.hash)
+    console.print(table)
+    console.print(f"models: pi_ref = {pipe.reference.name} ({pipe.reference.source}: {pipe.reference.path}); "
+                  f"pi_0 = {pipe.given_pi0.name if pipe.given_pi0 else 'stage 0 (English DPO of pi_ref)'}; "
+                  f"strategy = {cfg.strategy}; languages = {' '.join(cfg.languages)}; iterations = {cfg.iterations}")
+    try:
+        for k in range(0 if pipe.given_pi0 is None else 1, cfg.iterations + 1):
+            check_dpo_kwargs(dpo_kwargs(train_config_for(cfg.for_iteration(k) if k else cfg, k), pipe.layout.root, 0))
+        console.print("trl.DPOConfig fields: ok")
+    except ImportError:
+        console.print("trl is not installed: the training config was not checked")
+    console.print("dry run: nothing was loaded or written")
+
+
+def _print_summary(pipe, tasks, seconds: float) -> None:
+    from rich.table import Table
+
+    from harness.io import read_json
+    from harness.ui import console
+
+    table = Table(title=f"run {pipe.cfg.run_name}: {seconds:.0f} s")
+    for col in ("stage", "status", "seconds", "result"):
+        table.add_column(col)
+    for t in tasks:
+        rec = read_json(pipe.layout.done_path(t.iteration, t.stage))
+        c = rec.get("counts", {})
+        secs = rec.get("seconds", 0)
+        if t.stage == "sample":
+            res = (f"{c.get('responses')} responses, {c.get('empty_responses')} empty, "
+                   f"{c.get('truncated_responses')} truncated")
+        elif t.stage == "reward":
+            res = f"{c.get('responses')} rewards, mean {c.get('mean_reward', 0):.3f}"
+        elif t.stage == "pairs":
+            summ = read_json(pipe.layout.stage_dir(t.iteration, "pairs") / "summary.json")
+            res = "; ".join(f"{lang}: a={s['alpha']:.3f} margin {s['mean_reward_margin']:.2f} "
+                            f"len {s['mean_chosen_length']:.0f}/{s['mean_rejected_length']:.0f}"
+                            f"{' degenerate ' + str(s['degenerate']) if s['degenerate'] else ''}"
+                            for lang, s in summ.items())
+        else:
+            pc = c.get("param_change_l2")
+            res = (f"{c.get('pairs')} pairs, {c.get('steps')} steps, loss {c.get('loss_first', 0):.3f} -> "
+                   f"{c.get('loss_last', 0):.3f}, margin {c.get('reward_margin_first') or 0:.3f} -> "
+                   f"{c.get('reward_margin_last') or 0:.3f}, |dtheta| {pc if pc is None else f'{pc:.4f}'}")
+        table.add_row(t.label, "done" if t.status != "skip" else "skipped (done)", f"{secs:.1f}", res)
+    console.print(table)
+    k = pipe.cfg.iterations
+    console.print(f"wrote: {pipe.layout.root}/ (run.json, config.yaml, log.txt, iter_*/<stage>/); "
+                  f"final model: {pipe.layout.model_dir(k) if k else pipe.model(0).path}")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    args.config = "demo"
+    return cmd_run(args)
+
+
+# -- ls ------------------------------------------------------------------------------------------------------------
+def cmd_ls(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from harness.config import list_presets
+    from harness.registry import KINDS, REGISTRY
+    from harness.ui import console
+
+    kinds = KINDS if args.kind is None else (args.kind,)
+    if args.kind == "presets":
+        kinds = ()
+    for kind in kinds:
+        table = Table(title=kind, show_header=True)
+        table.add_column("name")
+        table.add_column("origin")
+        table.add_column("description")
+        for e in REGISTRY.entries(kind):
+            table.add_row(e.name, e.origin, e.description)
+        console.print(table)
+    if args.kind in (None, "presets"):
+        console.print("presets (harness run NAME): " + ", ".join(list_presets()))
+    for name, err in REGISTRY.broken_plugins.items():
+        console.print(f"[red]broken plugin[/red] {name}: {err}")
+    return 0
+
+
+# -- bench ---------------------------------------------------------------------------------------------------------
+def cmd_bench(args: argparse.Namespace) -> int:
+    from harness.bench import run_bench
+
+    run_bench(args.backends, n_prompts=args.prompts, max_tokens=args.max_tokens)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from harness import __version__
+
+    p = argparse.ArgumentParser(prog="harness", description="Iterative implicit cross-lingual rewarding (ICR) "
+                                "for multilingual preference alignment.")
+    p.add_argument("--version", action="version", version=f"harness {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def run_args(sp):
+        sp.add_argument("overrides", nargs="*", help="section.key=value overrides (values parsed as YAML)")
+        sp.add_argument("--dry-run", action="store_true", help="print the plan with counts; load no model")
+        sp.add_argument("--force", action="append", default=[], metavar="STAGE",
+                        help="redo STAGE (or K:STAGE) and everything after it")
+        sp.add_argument("--runs-dir", help="root of runs (default: $HARNESS_RUNS or ./runs)")
+        sp.add_argument("--run-name", help="name of the run folder (default: the config's run_name)")
+        sp.add_argument("--data-dir", help="local copy of the shared data (default: $HARNESS_DATA)")
+        sp.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    r = sub.add_parser("run", help="run the ICR loop from a config file or preset", epilog=EPILOG_RUN,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("config", help="YAML config file or preset name (harness ls presets)")
+    run_args(r)
+    r.set_defaults(fn=cmd_run)
+    d = sub.add_parser("demo", help="run the packaged CPU demo (SmolLM2-135M, stage 0 + 2 iterations, en es de)")
+    run_args(d)
+    d.set_defaults(fn=cmd_demo)
+    ls = sub.add_parser("ls", help="list registered components (models, languages, strategies, judges, backends)")
+    ls.add_argument("kind", nargs="?", choices=["models", "languages", "strategies", "judges", "backends", "presets"])
+    ls.add_argument("--debug", action="store_true")
+    ls.set_defaults(fn=cmd_ls)
+    b = sub.add_parser("bench", help="sampling and scoring throughput per backend on the demo model")
+    b.add_argument("--backends", nargs="+", default=["transformers", "vllm"])
+    b.add_argument("--prompts", type=int, default=16)
+    b.add_argument("--max-tokens", type=int, default=64)
+    b.add_argument("--debug", action="store_true")
+    b.set_defaults(fn=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_third_party()
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args) or 0
+    except HarnessError as e:
+        if getattr(args, "debug", False):
+            raise
+        print(f"harness: error: {e.render()}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("harness: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

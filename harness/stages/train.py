@@ -1,0 +1,185 @@
+"""Train: DPO + NLL on the chosen response with TRL (the only TRL importer), full fine-tuning or LoRA.
+
+Iteration k >= 1 trains pi_{k-1} on this iteration's pairs.jsonl (native prompt in the chat template); iteration 0
+(stage 0) trains pi_ref on English preference pairs to build pi_0. The training reference is the starting model
+(frozen): its log-probs are precomputed once (``precompute_ref_log_probs``), so no second copy stays in memory.
+DPO + NLL is TRL's ``loss_type=["sigmoid", "sft"]`` with ``loss_weights=[1, nll_weight]`` (note: TRL averages the
+NLL over all chosen tokens of a batch, LLaMA-Factory per sequence; METHOD.md section 5).
+
+Writes model/ (a full Hugging Face folder; LoRA adapters are merged), train_metrics.json (loss and reward-margin
+history, the L2 norm of the parameter change) and, with ``train.save_steps``, resumable trainer checkpoints.
+Multi-GPU: ``train.accelerate.num_processes > 1`` (or a config_file) runs this stage under ``accelerate launch``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from harness.config import RunConfig, TrainConfig, _deep_merge, _build, to_dict
+from harness.errors import HarnessError
+from harness.io import atomic_write_json, read_jsonl
+from harness.stages import StageContext
+
+log = logging.getLogger(__name__)
+
+
+def train_config_for(cfg: RunConfig, iteration: int) -> TrainConfig:
+    if iteration == 0 and cfg.stage0.train:
+        return _build(TrainConfig, _deep_merge(to_dict(cfg.train), cfg.stage0.train), None, prefix="stage0.train.")
+    return cfg.train
+
+
+def uses_accelerate(tc: TrainConfig) -> bool:
+    return tc.accelerate.num_processes > 1 or tc.accelerate.config_file is not None
+
+
+def launch_command(tc: TrainConfig, run_dir: Path, iteration: int) -> list[str]:
+    """The `accelerate launch` command that runs this stage on several processes (DeepSpeed/FSDP via config)."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch"]
+    if tc.accelerate.config_file:
+        cmd += ["--config_file", str(tc.accelerate.config_file)]
+    cmd += ["--num_processes", str(tc.accelerate.num_processes), *map(str, tc.accelerate.extra_args),
+            "-m", "harness.stages", str(run_dir), str(iteration), "train"]
+    return cmd
+
+
+def dpo_kwargs(tc: TrainConfig, out: Path, seed: int) -> dict:
+    """Keyword arguments for trl.DPOConfig (built without importing TRL, so --dry-run can check them)."""
+    kw = dict(
+        output_dir=str(out / "trainer"), per_device_train_batch_size=tc.batch_size,
+        gradient_accumulation_steps=tc.grad_accum, learning_rate=tc.learning_rate, num_train_epochs=tc.epochs,
+        lr_scheduler_type=tc.lr_scheduler, warmup_steps=tc.warmup_ratio,  # a float < 1 is a ratio beta=tc.beta, max_length=tc.max_length,
+        loss_type=["sigmoid", "sft"] if tc.nll_weight > 0 else ["sigmoid"],
+        loss_weights=[1.0, tc.nll_weight] if tc.nll_weight > 0 else [1.0],
+        precompute_ref_log_probs=True, gradient_checkpointing=tc.gradient_checkpointing,
+        bf16=tc.precision in ("bf16", "bf16_cpu"), use_cpu=tc.precision == "bf16_cpu",
+        save_strategy="steps" if tc.save_steps else "no", save_steps=tc.save_steps or 500, save_only_model=False,
+        logging_steps=1, report_to=[], seed=seed, data_seed=seed, disable_tqdm=True, dataloader_num_workers=0,
+        remove_unused_columns=False,
+    )
+    kw.update(tc.extra)
+    return kw
+
+
+def check_dpo_kwargs(kw: dict) -> None:
+    """Fail in seconds on a key TRL does not know (API churn), without building the config."""
+    from trl import DPOConfig
+
+    names = {f.name for f in dataclasses.fields(DPOConfig)}
+    unknown = sorted(set(kw) - names)
+    if unknown:
+        raise HarnessError(f"trl.DPOConfig has no field(s) {', '.join(unknown)} (train.extra or an unsupported TRL "
+                           "version; harness pins trl 1.16)")
+
+
+def _load_rows(ctx: StageContext, tokenizer_eot: str, fmt) -> list[dict]:
+    if ctx.iteration == 0:
+        from harness.data import load_english_prefs
+
+        pairs, _ = load_english_prefs(ctx.cfg.stage0.dataset, ctx.cfg.stage0.limit)
+        rows = [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs]
+    else:
+        rows = read_jsonl(ctx.upstream("pairs") / "pairs.jsonl")
+    return [{"prompt": fmt(r["prompt"]), "chosen": r["chosen"] + tokenizer_eot,
+             "rejected": r["rejected"] + tokenizer_eot} for r in rows]
+
+
+def run(ctx: StageContext) -> dict:
+    import torch
+    from datasets import Dataset
+    from rich.progress import Progress
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    from harness.backends import available_cores
+    from harness.models import CHAT_TEMPLATES
+    from harness.ui import progress
+
+    tc = train_config_for(ctx.cfg, ctx.iteration)
+    torch.set_num_threads(ctx.cfg.backend.threads or available_cores())
+    spec = ctx.policy
+    path = spec.local_path()
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=spec.trust_remote_code)
+    eot = spec.eot or tok.eos_token
+    if tok.eos_token != eot:  # TRL appends eos_token to completions that do not end with it
+        tok.eos_token = eot
+
+    def fmt(instruction: str) -> str:
+        if spec.chat_template == "tokenizer":
+            return tok.apply_chat_template([{"role": "user", "content": instruction}], add_generation_prompt=True,
+                                           tokenize=False)
+        return CHAT_TEMPLATES[spec.chat_template].format(instruction=instruction)
+
+    rows = _load_rows(ctx, eot, fmt)
+    if not rows:
+        raise HarnessError("no training pairs")
+    dtype = torch.bfloat16 if tc.precision == "bf16" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=spec.trust_remote_code)
+    n_params = sum(p.numel() for p in model.parameters())
+    before = ({n: p.detach().to("cpu", copy=True).float() for n, p in model.named_parameters()}
+              if n_params < 2e9 else None)
+    peft_config = None
+    if tc.method == "lora":
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=tc.lora.r, lora_alpha=tc.lora.alpha, lora_dropout=tc.lora.dropout,
+                                 target_modules=tc.lora.target_modules, task_type="CAUSAL_LM")
+    kw = dpo_kwargs(tc, ctx.out, ctx.cfg.seed)
+    check_dpo_kwargs(kw)
+    args = DPOConfig(**kw)
+
+    bar_holder: dict = {}
+
+    class RichBar(TrainerCallback):
+        def on_train_begin(self, a, state, control, **k):
+            bar: Progress = progress()
+            bar.start()
+            bar_holder["bar"] = bar
+            bar_holder["task"] = bar.add_task(f"iter {ctx.iteration} train", total=state.max_steps)
+
+        def on_step_end(self, a, state, control, **k):
+            bar_holder["bar"].update(bar_holder["task"], completed=state.global_step)
+
+        def on_train_end(self, a, state, control, **k):
+            bar_holder["bar"].stop()
+
+    trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
+                         peft_config=peft_config, callbacks=[RichBar()])
+    resume = tc.save_steps is not None and any((ctx.out / "trainer").glob("checkpoint-*"))
+    t0 = time.time()
+    trainer.train(resume_from_checkpoint=True if resume else None)
+    seconds = time.time() - t0
+    if not trainer.is_world_process_zero():
+        return {}
+    final = trainer.model
+    if tc.method == "lora":
+        final = final.merge_and_unload()
+    final.save_pretrained(ctx.out / "model")
+    tok.save_pretrained(ctx.out / "model")
+    change = None
+    if before is not None:
+        sq = 0.0
+        for n, p in final.named_parameters():
+            key = n if n in before else n.replace("base_model.model.", "")
+            if key in before:
+                sq += float((p.detach().float().cpu() - before[key]).pow(2).sum())
+        change = sq ** 0.5
+    hist = [h for h in trainer.state.log_history if "loss" in h]
+    metrics = {
+        "pairs": len(rows), "steps": trainer.state.global_step, "train_seconds": seconds,
+        "method": tc.method, "precision": tc.precision, "parameters": n_params,
+        "param_change_l2": change,
+        "loss_first": hist[0]["loss"] if hist else None, "loss_last": hist[-1]["loss"] if hist else None,
+        "reward_margin_first": hist[0].get("rewards/margins") if hist else None,
+        "reward_margin_last": hist[-1].get("rewards/margins") if hist else None,
+        "log_history": trainer.state.log_history,
+    }
+    atomic_write_json(ctx.out / "train_metrics.json", metrics)
+    shutil.rmtree(ctx.out / "trainer", ignore_errors=True)
+    return {k: metrics[k] for k in ("pairs", "steps", "param_change_l2", "loss_first", "loss_last",
+                                    "reward_margin_first", "reward_margin_last")}

@@ -1,0 +1,73 @@
+"""Shared fixtures. Runs and caches go to tmp paths; the shared data comes from $HARNESS_DATA (CI sets it to
+../shared/data). Model tests use the real SmolLM2-135M-Instruct, provisioned once into $HARNESS_CACHE."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data() -> Path:
+    value = os.environ.get("HARNESS_DATA") or str(REPO.parent / "shared" / "data")
+    p = Path(value)
+    if not p.is_dir():
+        pytest.fail(f"tests need the shared data: set HARNESS_DATA (tried {p})")
+    return p
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return shared_data()
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch, tmp_path):
+    monkeypatch.setenv("HARNESS_DATA", str(shared_data()))
+    monkeypatch.setenv("HARNESS_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("CI", os.environ.get("CI", "1"))
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    from harness.models import provision_smollm2
+
+    return provision_smollm2()
+
+
+def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: int = 900
+            ) -> subprocess.CompletedProcess:
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, env=full_env,
+                          cwd=cwd or REPO, timeout=timeout)
+
+
+TINY = """
+run_name: tiny
+seed: 7
+languages: [en, es]
+iterations: 1
+models: {{reference: smollm2-135m-instruct}}
+prompts: {{source: ultrafeedback-parallel/demo-subset, limit: 4}}
+sample: {{n: 3, max_tokens: 12, chunk: 1, temperature: 0.9}}
+reward: {{chunk: 1}}
+train: {{batch_size: 4, max_length: 96, learning_rate: 1.0e-5, precision: fp32}}
+stage0: {{dataset: builtin:english_prefs, limit: 4}}
+{extra}
+"""
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    def make(extra: str = "", name: str = "tiny.yaml") -> Path:
+        p = tmp_path / name
+        p.write_text(TINY.format(extra=extra), encoding="utf-8")
+        return p
+
+    return make
