@@ -137,23 +137,32 @@ class TransformersBackend(Backend):
                                 if len(self.tokenizer(s, add_special_tokens=False)["input_ids"]) == 1})
 
     def generate(self, prompts, *, n, temperature, top_p, max_tokens, seeds, repetition_penalty=1.0):
+        """All prompts in one left-padded batch, seeded with ``seeds[0]``: the samples depend on the batch (the
+        stages keep batches fixed, so a resumed stage equals an uninterrupted one). vLLM seeds each prompt."""
         import torch
 
         tok = self.tokenizer
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        enc = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        width = max(len(e) for e in enc)
+        ids = torch.full((len(enc), width), pad_id, dtype=torch.long)
+        attn = torch.zeros((len(enc), width), dtype=torch.long)
+        for i, e in enumerate(enc):
+            ids[i, width - len(e):] = torch.tensor(e)
+            attn[i, width - len(e):] = 1
+        torch.manual_seed(seeds[0])
+        sample = temperature > 0
+        with torch.no_grad():
+            gen = self.model.generate(
+                ids.to(self.device), attention_mask=attn.to(self.device), do_sample=sample,
+                temperature=temperature if sample else None, top_p=top_p if sample else None, top_k=None,
+                num_return_sequences=n, max_new_tokens=max_tokens, eos_token_id=self.stop_ids or tok.eos_token_id,
+                pad_token_id=pad_id, repetition_penalty=repetition_penalty)
+        rows = gen[:, width:].tolist()
         out: list[list[Completion]] = []
-        for prompt, seed in zip(prompts, seeds):  # one prompt per call: samples do not depend on batching
-            ids = tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"].to(self.device)
-            torch.manual_seed(seed)
-            with torch.no_grad():
-                gen = self.model.generate(
-                    ids, attention_mask=torch.ones_like(ids), do_sample=temperature > 0,
-                    temperature=temperature if temperature > 0 else None, top_p=top_p if temperature > 0 else None,
-                    top_k=None if temperature > 0 else None, num_return_sequences=n, max_new_tokens=max_tokens,
-                    eos_token_id=self.stop_ids or tok.eos_token_id, pad_token_id=pad_id,
-                    repetition_penalty=repetition_penalty)
+        for i in range(len(prompts)):
             comps = []
-            for row in gen[:, ids.shape[1]:].tolist():
+            for row in rows[i * n:(i + 1) * n]:
                 n_tok, finished = len(row), False
                 for k, t in enumerate(row):
                     if t in self.stop_ids:
@@ -262,6 +271,9 @@ class VLLMBackend(Backend):
             except Exception:  # best effort: vLLM versions differ
                 pass
             self.llm = None
+            import torch
+
+            torch.set_num_threads(self.threads)  # vLLM lowers torch's thread count "for serving" in-process
 
 
 def load_backend(name: str, spec: ModelSpec, **options: Any) -> Backend:

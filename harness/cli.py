@@ -30,6 +30,7 @@ def _quiet_third_party() -> None:
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # third-party tqdm bars; harness draws its own rich bars
     import warnings
 
     warnings.filterwarnings("ignore", category=UserWarning)
@@ -284,7 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     _quiet_third_party()
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    # overrides may come before or after flags: `harness run demo --dry-run train.beta=0.2`
+    extra = [x for x in rest if "=" in x and not x.startswith("-")]
+    if len(extra) != len(rest) or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(x for x in rest if x not in extra) or ' '.join(rest)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     try:
         return args.fn(args) or 0
     except HarnessError as e:

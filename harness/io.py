@@ -114,6 +114,23 @@ class JsonlAppender:
             atomic_write_jsonl(self.path, self.rows)
         self._fh = open(self.path, "a", encoding="utf-8")
 
+    def pending_chunks(self, keys: list, size: int, key_of) -> list[list[int]]:
+        """Split item positions 0..len(keys)-1 into fixed chunks of ``size``; return those not finished.
+
+        Rows of a chunk that was only partly written (a kill during a write) are dropped, so every chunk is
+        recomputed whole and batch-dependent numerics equal those of an uninterrupted run.
+        """
+        have = {key_of(r) for r in self.rows}
+        chunks = [list(range(i, min(i + size, len(keys)))) for i in range(0, len(keys), size)]
+        complete = [c for c in chunks if all(keys[j] in have for j in c)]
+        keep = {keys[j] for c in complete for j in c}
+        if len(keep) != len(self.rows):
+            self._fh.close()
+            self.rows = [r for r in self.rows if key_of(r) in keep]
+            atomic_write_jsonl(self.path, self.rows)
+            self._fh = open(self.path, "a", encoding="utf-8")
+        return [c for c in chunks if c not in complete]
+
     def append(self, rows: Iterable[dict]) -> None:
         for r in rows:
             self._fh.write(dumps(r, indent=None) + "\n")

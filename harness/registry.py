@@ -71,8 +71,13 @@ class Registry:
         if self._loaded:
             return self
         self._loaded = True
-        for mod in BUILTIN_MODULES:
+        for mod in BUILTIN_MODULES:  # built-ins register into REGISTRY when their module is imported
             importlib.import_module(mod)
+        if self is not REGISTRY:  # a fresh registry (tests) starts from the built-ins
+            for kind in KINDS:
+                for e in REGISTRY._entries[kind].values():
+                    if e.origin == "built-in":
+                        self._entries[kind].setdefault(e.name, e)
         self._load_entry_points()
         return self
 

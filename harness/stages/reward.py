@@ -45,20 +45,23 @@ def run(ctx: StageContext) -> dict:
     def passes(model, name: str, with_translation: bool):
         trans = JsonlAppender(ctx.out / "translations.jsonl") if with_translation else None
         scores = JsonlAppender(ctx.out / f"{name}_logps.jsonl")
-        t_done = {(r["lang"], r["id"]) for r in trans.rows} if trans else set()
-        s_done = {(r["lang"], r["id"]) for r in scores.rows}
-        t_todo = [r for r in rows if (r["lang"], r["id"]) not in t_done] if trans else []
-        s_todo = [r for r in rows if (r["lang"], r["id"]) not in s_done]
+        keys = [(r["lang"], r["id"]) for r in rows]
+        key_of = lambda r: (r["lang"], r["id"])  # noqa: E731
+        t_todo = trans.pending_chunks(keys, rc.chunk, key_of) if trans else []
+        s_todo = scores.pending_chunks(keys, rc.chunk, key_of)
         if not t_todo and not s_todo:
+            scores.close()
+            if trans:
+                trans.close()
             return
         translations = ({(r["lang"], r["id"]): r["translations"] for r in read_jsonl(ctx.out / "translations.jsonl")}
                         if strategy.translate and not trans else
                         {(r["lang"], r["id"]): r["translations"] for r in trans.rows} if trans else {})
         with load_backend(cfg.backend.score, model, **opts) as be, progress() as bar:
             if t_todo:
-                t = bar.add_task(f"iter {ctx.iteration} translate", total=len(t_todo))
-                for start in range(0, len(t_todo), rc.chunk):
-                    chunk = t_todo[start:start + rc.chunk]
+                t = bar.add_task(f"iter {ctx.iteration} translate", total=sum(map(len, t_todo)))
+                for positions in t_todo:
+                    chunk = [rows[j] for j in positions]
                     flat = [x["text"] for r in chunk for x in r["responses"]]
                     prompts = [be.format_prompt(TranslateToEnglish.translation_instruction(y)) + TRANS_PRIMER
                                for y in flat]
@@ -71,9 +74,9 @@ def run(ctx: StageContext) -> dict:
                     translations.update({(n["lang"], n["id"]): n["translations"] for n in new})
                     bar.advance(t, len(chunk))
             if s_todo:
-                t = bar.add_task(f"iter {ctx.iteration} score {name}", total=len(s_todo))
-                for start in range(0, len(s_todo), rc.chunk):
-                    chunk = s_todo[start:start + rc.chunk]
+                t = bar.add_task(f"iter {ctx.iteration} score {name}", total=sum(map(len, s_todo)))
+                for positions in s_todo:
+                    chunk = [rows[j] for j in positions]
                     prompts, texts = [], []
                     for r in chunk:
                         instr = be.format_prompt(strategy.reward_instruction(r["lang"], r["prompt"], r["prompt_en"]))

@@ -19,15 +19,16 @@ def run(ctx: StageContext) -> dict:
     cfg = ctx.cfg
     prompts = load_prompts(cfg.prompts.source, cfg.languages, cfg.data_dir, cfg.prompts.limit)
     out = JsonlAppender(ctx.out / "responses.jsonl")
-    done = {(r["lang"], r["id"]) for r in out.rows}
-    todo = [(lang, p) for lang in cfg.languages for p in prompts.by_lang[lang] if (lang, p.id) not in done]
+    work = [(lang, p) for lang in cfg.languages for p in prompts.by_lang[lang]]
+    s = cfg.sample
+    todo = out.pending_chunks([(lang, p.id) for lang, p in work], s.chunk, lambda r: (r["lang"], r["id"]))
     if todo:
-        s = cfg.sample
         with load_backend(cfg.backend.sample, ctx.policy, threads=cfg.backend.threads, **cfg.backend.options) as be, \
                 progress() as bar:
-            task = bar.add_task(f"iter {ctx.iteration} sample", total=len(todo))
-            for start in range(0, len(todo), s.chunk):
-                chunk = todo[start:start + s.chunk]
+            task = bar.add_task(f"iter {ctx.iteration} sample", total=len(work),
+                                completed=len(work) - sum(map(len, todo)))
+            for positions in todo:
+                chunk = [work[j] for j in positions]
                 comps = be.generate([be.format_prompt(p.prompt) for _, p in chunk], n=s.n, temperature=s.temperature,
                                     top_p=s.top_p, max_tokens=s.max_tokens,
                                     seeds=[derive_seed(cfg.seed, ctx.iteration, "sample", lang, p.id)

@@ -150,6 +150,9 @@ def run(ctx: StageContext) -> dict:
 
     trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
                          peft_config=peft_config, callbacks=[RichBar()])
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # logs go to train_metrics.json; the rich bar shows progress
     resume = tc.save_steps is not None and any((ctx.out / "trainer").glob("checkpoint-*"))
     t0 = time.time()
     trainer.train(resume_from_checkpoint=True if resume else None)

@@ -1,0 +1,84 @@
+"""Both backends on the real SmolLM2-135M-Instruct: log-prob agreement (fp32) and seeded sampling."""
+
+import math
+
+import pytest
+
+from harness.backends import TransformersBackend, VLLMBackend
+from harness.models import resolve_model
+
+pytestmark = pytest.mark.model
+
+CASES = [
+    ("What is the capital of France?", "The capital of France is Paris."),
+    ("¿Cuál es la capital de España?", "La capital de España es Madrid, una ciudad grande y antigua."),
+    ("Wie viele Beine hat eine Spinne?", "Eine Spinne hat acht Beine."),
+    ("Say nothing.", ""),
+    ("Write a haiku about autumn.", "Leaves drift to the ground,\ncold wind hums a quiet song,\nthe year exhales slow."),
+    ("中国的首都是哪里？", "中国的首都是北京。"),
+]
+
+
+@pytest.fixture(scope="module")
+def hf():
+    return TransformersBackend(resolve_model("smollm2-135m-instruct"), dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def vllm_backend():
+    be = VLLMBackend(resolve_model("smollm2-135m-instruct"), dtype="float32")
+    yield be
+    be.close()
+
+
+def direct_forward(be, prompt, response):
+    """The plain way: one sequence, full log_softmax in float64, gather."""
+    import torch
+
+    ids, plen = be.score_ids(prompt, response)
+    with torch.no_grad():
+        logits = be.model(torch.tensor([ids])).logits[0].double()
+    lp = torch.log_softmax(logits, dim=-1)
+    return sum(float(lp[k - 1, ids[k]]) for k in range(plen, len(ids)))
+
+
+def test_backends_agree_with_direct_forward(hf, vllm_backend):
+    prompts = [hf.format_prompt(q) for q, _ in CASES]
+    responses = [r for _, r in CASES]
+    a = [sum(x) for x in hf.score(prompts, responses)]
+    b = [sum(x) for x in vllm_backend.score(prompts, responses)]
+    ref = [direct_forward(hf, p, r) for p, r in zip(prompts, responses)]
+    n_tokens = [len(x) for x in hf.score(prompts, responses)]
+    assert n_tokens[3] == 1  # an empty response still scores its end-of-turn token
+    for x, y, z in zip(a, b, ref):
+        assert math.isfinite(x) and x < 0
+        assert abs(x - z) < 1e-3, (x, z)
+        assert abs(y - z) < 1e-3, (y, z)
+
+
+def test_length_bucketing_does_not_change_scores(hf):
+    prompts = [hf.format_prompt(q) for q, _ in CASES]
+    responses = [r for _, r in CASES]
+    batched = [sum(x) for x in hf.score(prompts, responses)]
+    single = [sum(hf.score([p], [r])[0]) for p, r in zip(prompts, responses)]
+    assert max(abs(x - y) for x, y in zip(batched, single)) < 1e-4
+
+
+def test_transformers_sampling_is_seeded(hf):
+    prompts = [hf.format_prompt("Name a fruit."), hf.format_prompt("Name a colour.")]
+    kw = dict(n=3, temperature=0.9, top_p=1.0, max_tokens=12)
+    a = hf.generate(prompts, seeds=[1, 2], **kw)
+    b = hf.generate(prompts, seeds=[1, 2], **kw)
+    c = hf.generate(prompts, seeds=[5, 6], **kw)
+    assert [[x.text for x in r] for r in a] == [[x.text for x in r] for r in b]
+    assert [[x.text for x in r] for r in a] != [[x.text for x in r] for r in c]
+    assert all(len(r) == 3 and all(0 < x.n_tokens <= 12 for x in r) for r in a)
+
+
+def test_vllm_sampling_is_seeded_per_prompt(vllm_backend):
+    be = vllm_backend
+    p1, p2 = be.format_prompt("Name a fruit."), be.format_prompt("Name a colour.")
+    kw = dict(n=2, temperature=0.9, top_p=1.0, max_tokens=12)
+    alone = be.generate([p1], seeds=[11], **kw)[0]
+    batched = be.generate([p2, p1], seeds=[3, 11], **kw)[1]
+    assert [x.text for x in alone] == [x.text for x in batched]

@@ -1,0 +1,63 @@
+"""The command line, in subprocesses, as a user runs it."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import run_cli
+
+
+def test_help_and_ls_import_no_heavy_library():
+    code = ("import sys; from harness.cli import main\n"
+            "try: main(['ls'])\nexcept SystemExit: pass\n"
+            "heavy = [m for m in ('torch', 'transformers', 'vllm', 'trl') if m in sys.modules]\n"
+            "print('HEAVY', heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "HEAVY []" in out.stdout
+
+
+def test_ls_lists_every_kind_with_descriptions():
+    r = run_cli("ls")
+    assert r.returncode == 0
+    for word in ("models", "languages", "strategies", "backends", "cross_lingual", "Swahili", "smollm2-135m-instruct",
+                 "presets", "demo", "paper"):
+        assert word in r.stderr
+    r = run_cli("ls", "strategies")
+    assert "translate_en" in r.stderr and "Swahili" not in r.stderr
+
+
+def test_paper_preset_dry_run_prints_plan_without_models(tmp_path):
+    # the paper preset downloads random_3000 upstream; offline, point it at the local random_1000
+    r = run_cli("run", "paper", "--dry-run", "prompts.source=ultrafeedback-parallel/random_1000",
+                "prompts.limit=1000", "--runs-dir", str(tmp_path), env={"COLUMNS": "250"})
+    assert r.returncode == 0, r.stderr
+    text = " ".join(r.stderr.split())
+    assert "iter_1/sample" in text and "iter_2/train" in text and "iter_0/train" not in text
+    assert "5000 prompts x n=10 = 50000 samples" in text and "120,000,000 new tokens" in text
+    assert "dry run: nothing was loaded or written" in text
+    assert not (tmp_path / "paper").exists()
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["run", "demo", "models.reference=smollm3"], "unknown model 'smollm3'; did you mean 'smollm2-135m-instruct'"),
+    (["run", "demo", "models.reference=/nonexistent/model"], "model folder '/nonexistent/model' does not exist"),
+    (["run", "demo", "languages=[en,klingon]"], "unknown language 'klingon'"),
+    (["run", "nosuchpreset"], "neither a config file nor a preset"),
+    (["run", "demo", "prompts.source=/nonexistent"], "/nonexistent: prompt folder does not exist"),
+])
+def test_bad_input_is_one_line_exit_2(args, msg, tmp_path):
+    r = run_cli(*args, "--dry-run", "--runs-dir", str(tmp_path))
+    assert r.returncode == 2
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("harness: error: ") and msg in lines[0], r.stderr
+
+
+def test_malformed_prompt_file_is_named(tmp_path):
+    d = tmp_path / "prompts"
+    d.mkdir()
+    (d / "en.jsonl").write_text('{"id": "a", "prompt": "A"}\n{"id": "b", "prompt": "B"\n')
+    (d / "es.jsonl").write_text('{"id": "a", "prompt": "A", "prompt_en": "A"}\n')
+    r = run_cli("run", "demo", f"prompts.source={d}", "languages=[en,es]", "--dry-run", "--runs-dir", str(tmp_path))
+    assert r.returncode == 2 and f"{d / 'en.jsonl'}:2: malformed JSON line" in r.stderr

@@ -1,0 +1,48 @@
+import pytest
+
+from harness.config import load_config, parse_override, preset_path
+from harness.errors import HarnessError
+
+
+def test_defaults_yaml_and_overrides_precedence(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("train: {beta: 0.3}\nlanguages: [en, fr]\n")
+    cfg, _ = load_config(p, ["train.beta=0.2", "sample.n=6"])
+    assert cfg.train.beta == 0.2 and cfg.sample.n == 6 and cfg.languages == ["en", "fr"]
+    assert cfg.train.nll_weight == 1.0  # default kept
+
+
+def test_override_values_are_yaml_not_comma_split():
+    assert parse_override("languages=[de, zh, sw]") == (["languages"], ["de", "zh", "sw"])
+    assert parse_override("pairs.upper_bound=null") == (["pairs", "upper_bound"], None)
+    assert parse_override("run_name=a,b") == (["run_name"], "a,b")
+
+
+def test_per_iteration_settings():
+    cfg, _ = load_config(preset_path("paper"))
+    assert cfg.for_iteration(1).pairs.upper_bound is None
+    assert cfg.for_iteration(2).pairs.upper_bound == 500.0
+
+
+@pytest.mark.parametrize("override,msg", [
+    ("trian.beta=1", "unknown config key 'trian'; did you mean 'train'"),
+    ("train.bta=1", "did you mean 'train.beta'"),
+    ("languages=[en,xx]", "unknown language 'xx'"),
+    ("strategy=cross_lingul", "did you mean 'cross_lingual'"),
+    ("sample.n=1", "sample.n must be >= 2"),
+    ("sample.n=abc", "must be an integer"),
+    ("reward.reference=pi_0", "reward.reference must be one of"),
+    ("per_iteration={7: {pairs: {upper_bound: 1}}}", "per_iteration key '7'"),
+])
+def test_bad_config_is_one_clear_line(override, msg):
+    with pytest.raises(HarnessError) as e:
+        load_config(None, [override])
+    assert msg in str(e.value) and "\n" not in str(e.value)
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("run_name: x\ntrain: {beta: [\n")
+    with pytest.raises(HarnessError) as e:
+        load_config(p)
+    assert str(e.value).startswith(f"{p}:") and "malformed YAML" in str(e.value)
