@@ -43,6 +43,8 @@ def smollm2() -> Path:
 def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: int = 900
             ) -> subprocess.CompletedProcess:
     full_env = dict(os.environ)
+    full_env.setdefault("HARNESS_DATA", str(shared_data()))
+    full_env.setdefault("CI", "1")
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, env=full_env,
                           cwd=cwd or REPO, timeout=timeout)
