@@ -241,6 +241,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from harness.bench import run_bench
 
     run_bench(args.backends, n_prompts=args.prompts, max_tokens=args.max_tokens)
+    from harness.ui import console
+
+    console.print("bench: nothing was written")
     return 0
 
 

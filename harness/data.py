@@ -92,9 +92,44 @@ def _download_upstream(subset: str, langs: list[str]) -> Path:
     return folder
 
 
+DEMO_LANGS = ("en", "es", "de", "fr", "ru", "zh")
+
+
+def derive_demo_subset(random_1000: Path, out: Path, size: int = 48) -> Path:
+    """The shared data's demo-subset rule, applied to random_1000: English prompt < 200 characters, translated
+    (differs from English) in every demo language, the first ``size`` ids in ascending order, in file order."""
+    from harness.io import atomic_write_jsonl
+
+    rows = {}
+    for lang in DEMO_LANGS:
+        rows[lang] = [r for _, r in iter_jsonl(_lang_file(random_1000, lang))]
+    def pid(r):
+        return str(r.get("id", r.get("instruction_id")))
+
+    def text(r):
+        return r.get("prompt", r.get("instruction"))
+
+    en = {pid(r): text(r) for r in rows["en"]}
+    other = {lang: {pid(r): text(r) for r in rows[lang]} for lang in DEMO_LANGS if lang != "en"}
+    ok = [i for i, t in en.items() if len(t) < 200 and all(o.get(i) not in (None, t) for o in other.values())]
+    keep = set(sorted(ok)[:size])
+    for lang in DEMO_LANGS:
+        atomic_write_jsonl(out / f"{lang}.jsonl", [{"id": pid(r), "prompt": text(r), "prompt_en": en[pid(r)]}
+                                                 for r in rows[lang] if pid(r) in keep])
+    return out
+
+
 def resolve_prompt_folder(source: str, configured_data_dir: str | None, langs: list[str]) -> Path:
     if source.startswith("upstream:"):
         return _download_upstream(source.split(":", 1)[1], langs)
+    if source == "ultrafeedback-parallel/demo-subset" and data_dir(configured_data_dir, required=False) is None:
+        # no local copy: users with internet get the same subset, derived from the upstream random_1000
+        from harness.models import cache_dir
+
+        out = cache_dir() / "data" / "ultrafeedback-parallel" / "demo-subset"
+        if not (out / "zh.jsonl").exists():
+            derive_demo_subset(_download_upstream("random_1000", list(DEMO_LANGS)), out)
+        return out
     p = Path(source).expanduser()
     if p.is_absolute():
         if not p.is_dir():

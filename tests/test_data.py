@@ -69,7 +69,7 @@ def test_missing_language_file_lists_what_exists(tmp_path):
 def test_no_data_dir_says_how_to_point_at_one(monkeypatch):
     monkeypatch.delenv("HARNESS_DATA")
     with pytest.raises(HarnessError, match="set HARNESS_DATA="):
-        load_prompts("ultrafeedback-parallel/demo-subset", ["en"])
+        load_prompts("ultrafeedback-parallel/random_1000", ["en"])
 
 
 def test_builtin_english_prefs():
@@ -85,3 +85,22 @@ def test_english_prefs_missing_field(tmp_path):
         fh.write(json.dumps({"prompt": "q", "chosen": "a"}) + "\n")
     with pytest.raises(HarnessError, match=r"prefs.jsonl.gz:2: missing or empty field 'rejected'"):
         load_english_prefs(str(p))
+
+
+def test_demo_subset_rule_reproduces_the_shared_subset(data_dir, tmp_path):
+    from harness.data import DEMO_LANGS, derive_demo_subset
+
+    out = derive_demo_subset(data_dir / "ultrafeedback-parallel" / "random_1000", tmp_path / "demo")
+    for lang in DEMO_LANGS:
+        mine = [json.loads(x) for x in (out / f"{lang}.jsonl").read_text().splitlines()]
+        shared = [json.loads(x) for x in (data_dir / f"ultrafeedback-parallel/demo-subset/{lang}.jsonl")
+                  .read_text().splitlines()]
+        assert mine == shared
+
+
+def test_offline_demo_without_local_copy_says_how(monkeypatch, tmp_path):
+    monkeypatch.delenv("HARNESS_DATA")
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    monkeypatch.setattr("harness.data.ICR_RAW", "http://127.0.0.1:9/{subset}/{lang}.jsonl")  # a closed port
+    with pytest.raises(HarnessError, match="could not download .*point data_dir .*HARNESS_DATA"):
+        load_prompts("ultrafeedback-parallel/demo-subset", ["en"])

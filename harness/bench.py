@@ -1,0 +1,109 @@
+"""``harness bench``: sampling and scoring throughput per backend on the demo model, in one process.
+
+Scoring is compared with a plain reference implementation on the same inputs (the authors' approach: batches of
+3 in file order, right padding, full vocabulary log_softmax, then gather), and the backends' summed log-probs are
+compared with each other. Figures are ratios against that reference measured in the same run, so they survive a
+busy machine better than absolute numbers; still, run it on an idle machine.
+"""
+
+from __future__ import annotations
+
+import time
+
+from harness.ui import console
+
+FALLBACK_PROMPTS = [
+    "Explain why the sky is blue.", "Write a short poem about rain.", "What is 17 times 23?",
+    "Give three tips for learning a language.", "¿Qué es la fotosíntesis?", "Erkläre, wie ein Kühlschrank funktioniert.",
+    "Describe the water cycle in detail.", "Name five capital cities in Africa.",
+]
+
+
+def _prompts(n: int) -> list[str]:
+    try:
+        from harness.data import load_prompts
+
+        ps = load_prompts("ultrafeedback-parallel/demo-subset", ["en", "es", "de"])
+        texts = [p.prompt for lang in ("en", "es", "de") for p in ps.by_lang[lang]]
+    except Exception:
+        texts = FALLBACK_PROMPTS
+    return [texts[i % len(texts)] for i in range(n)]
+
+
+def reference_score(be, prompts: list[str], responses: list[str], batch: int = 3) -> list[float]:
+    """The authors' scorer: right padding, batch 3, file order, full log_softmax over the vocabulary, gather."""
+    import torch
+
+    out = []
+    seqs = [be.score_ids(p, r) for p, r in zip(prompts, responses)]
+    for s in range(0, len(seqs), batch):
+        chunk = seqs[s:s + batch]
+        width = max(len(ids) for ids, _ in chunk)
+        ids = torch.zeros((len(chunk), width), dtype=torch.long)
+        attn = torch.zeros_like(ids)
+        for b, (x, _) in enumerate(chunk):
+            ids[b, :len(x)] = torch.tensor(x)
+            attn[b, :len(x)] = 1
+        with torch.no_grad():
+            logp = torch.log_softmax(be.model(input_ids=ids, attention_mask=attn).logits.float(), dim=-1)
+            tok = torch.gather(logp[:, :-1], 2, ids[:, 1:, None])[..., 0]
+        for b, (x, plen) in enumerate(chunk):
+            out.append(float(tok[b, plen - 1:len(x) - 1].sum()))
+    return out
+
+
+def run_bench(backends: list[str], n_prompts: int = 16, max_tokens: int = 64, n: int = 4) -> dict:
+    from rich.table import Table
+
+    from harness.backends import load_backend
+    from harness.models import resolve_model
+
+    spec = resolve_model("smollm2-135m-instruct")
+    questions = _prompts(n_prompts)
+    results: dict = {}
+    prompts = responses = None
+    sums: dict[str, list[float]] = {}
+    for name in backends:
+        console.print(f"[bold]{name}[/bold]: loading ...")
+        be = load_backend(name, spec, dtype="float32")
+        try:
+            fmt = [be.format_prompt(q) for q in questions]
+            t0 = time.perf_counter()
+            gens = be.generate(fmt, n=n, temperature=0.9, top_p=1.0, max_tokens=max_tokens,
+                               seeds=list(range(len(fmt))))
+            dt = time.perf_counter() - t0
+            gen_tokens = sum(c.n_tokens for g in gens for c in g)
+            results[f"{name} sampling"] = (gen_tokens / dt, f"{gen_tokens} new tokens in {dt:.1f} s "
+                                           f"({len(fmt)} prompts x n={n})")
+            if prompts is None:  # score the first backend's samples with every backend
+                prompts = [p for p, g in zip(fmt, gens) for _ in g]
+                responses = [c.text for g in gens for c in g]
+            n_tok = sum(len(be.score_ids(p, r)[0]) for p, r in zip(prompts, responses))
+            t0 = time.perf_counter()
+            sums[name] = [sum(x) for x in be.score(prompts, responses)]
+            dt = time.perf_counter() - t0
+            results[f"{name} scoring"] = (n_tok / dt, f"{len(prompts)} sequences, {n_tok} tokens in {dt:.1f} s")
+            if name == "transformers":
+                t0 = time.perf_counter()
+                sums["reference"] = reference_score(be, prompts, responses)
+                dt = time.perf_counter() - t0
+                results["reference scoring (batch 3, full log_softmax)"] = (n_tok / dt, f"{dt:.1f} s")
+        finally:
+            be.close()
+    table = Table(title="harness bench: SmolLM2-135M-Instruct, fp32")
+    table.add_column("what")
+    table.add_column("tokens/s", justify="right")
+    table.add_column("vs reference scoring", justify="right")
+    table.add_column("detail")
+    ref = results.get("reference scoring (batch 3, full log_softmax)", (None,))[0]
+    for k, (tps, detail) in results.items():
+        ratio = f"{tps / ref:.2f}x" if ref and "scoring" in k else ""
+        table.add_row(k, f"{tps:,.0f}", ratio, detail)
+    console.print(table)
+    if "reference" in sums:
+        for name in sums:
+            if name != "reference":
+                diffs = [abs(a - b) for a, b in zip(sums[name], sums["reference"])]
+                console.print(f"agreement {name} vs reference: max |diff| {max(diffs):.2e} nats per sequence, "
+                              f"mean {sum(diffs) / len(diffs):.2e}")
+    return {"throughput": {k: v[0] for k, v in results.items()}, "sums": sums}
