@@ -109,9 +109,10 @@ class JsonlAppender:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.rows: list[dict] = []
         if self.path.exists():
+            text = self.path.read_text(encoding="utf-8")
             self.rows = [obj for _, obj in iter_jsonl(self.path, tolerate_torn_tail=True)]
-            # rewrite without the torn tail so appends start on a clean line
-            atomic_write_jsonl(self.path, self.rows)
+            if text and not text.endswith("\n"):  # drop the torn tail so appends start on a clean line
+                atomic_write_jsonl(self.path, self.rows)
         self._fh = open(self.path, "a", encoding="utf-8")
 
     def pending_chunks(self, keys: list, size: int, key_of) -> list[list[int]]:

@@ -120,3 +120,24 @@ def test_sigkill_mid_stage_then_rerun_gives_identical_pairs_and_weights(finished
     a, b = _tensors(run / "iter_1/train/model"), _tensors(ref_run / "iter_1/train/model")
     assert a.keys() == b.keys()
     assert all((a[k] == b[k]).all() for k in a)
+
+
+def test_translate_en_lora_and_previous_reference(tiny_config, tmp_path):
+    """R_t with self-translation, LoRA training (merged into a full folder), pi_{t-1} as the reward reference."""
+    cfg = tiny_config("strategy: translate_en\niterations: 2\nreward: {chunk: 2, reference: previous, "
+                      "translate_max_tokens: 24}\ntrain: {method: lora, batch_size: 2, warmup_ratio: 0.0, max_length: 96, "
+                      "learning_rate: 1.0e-4, lora: {r: 4, alpha: 8}}\nlanguages: [es]\n", name="rt.yaml")
+    root = tmp_path / "runs"
+    r = run_cli("run", str(cfg), "--runs-dir", str(root), "sample.n=2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = root / "tiny"
+    rows = read_jsonl(run / "iter_1/reward/rewards.jsonl")
+    assert all("translation" in x for row in rows for x in row["responses"])
+    assert all(row["reward_instruction"] == row["prompt_en"] for row in rows)  # English, no prefix
+    assert {p["lang"] for p in read_jsonl(run / "iter_1/pairs/pairs.jsonl")} == {"es"}
+    done2 = read_json(run / "iter_2/reward/_done.json")
+    assert done2["settings"]["reference"] == {"trained_by": read_json(run / "iter_0/train/_done.json")["hash"]}
+    m = read_json(run / "iter_1/train/train_metrics.json")
+    assert m["method"] == "lora" and m["param_change_l2"] > 0
+    model = run / "iter_1/train/model"
+    assert (model / "model.safetensors").exists() and not (model / "adapter_config.json").exists()

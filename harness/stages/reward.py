@@ -88,6 +88,11 @@ def run(ctx: StageContext) -> dict:
                     new = []
                     for r in chunk:
                         sums = [_sum(next(lps), rc.logprob_mode) for _ in r["responses"]]
+                        for j, (v, _) in enumerate(sums):
+                            if not math.isfinite(v):
+                                raise HarnessError(f"{name} model {model.name} gave a log-prob of {v} for response "
+                                                   f"{j} of {r['lang']}/{r['id']}", samples_path,
+                                                   rows.index(r) + 1)
                         new.append({"lang": r["lang"], "id": r["id"], "logps": [s for s, _ in sums],
                                     "scored_tokens": [n for _, n in sums]})
                     scores.append(new)

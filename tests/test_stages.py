@@ -1,0 +1,115 @@
+"""Stage-level behaviour without a model: bad inputs inside a run, strategies, the accelerate launch."""
+
+import json
+
+import pytest
+
+from harness.config import load_config
+from harness.errors import HarnessError
+from harness.models import resolve_model
+from harness.paths import RunLayout
+from harness.stages import StageContext
+from harness.strategies import CrossLingual, Multilingual, TranslateToEnglish, extract_translation
+
+
+def _ctx(tmp_path, overrides=()):
+    cfg, _ = load_config(None, ["languages=[en,es]", *overrides])
+    layout = RunLayout(tmp_path / "run")
+    out = layout.partial_dir(1, "reward")
+    out.mkdir(parents=True)
+    spec = resolve_model("smollm2-135m-instruct")
+    return StageContext(cfg, layout, 1, "reward", out, spec, spec)
+
+
+def _write(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+SAMPLES = [{"lang": "en", "id": "a", "prompt": "Hi", "prompt_en": "Hi",
+            "responses": [{"text": "Hello", "n_tokens": 1, "finished": True},
+                          {"text": "Hey there", "n_tokens": 2, "finished": True}]}]
+
+
+def test_nan_log_prob_is_named(tmp_path):
+    from harness.stages import reward
+
+    ctx = _ctx(tmp_path)
+    _write(ctx.upstream("sample") / "responses.jsonl", SAMPLES)
+    (ctx.out / "policy_logps.jsonl").write_text(
+        '{"lang": "en", "id": "a", "logps": [NaN, -3.0], "scored_tokens": [2, 3]}\n')
+    _write(ctx.out / "ref_logps.jsonl", [{"lang": "en", "id": "a", "logps": [-1.0, -2.0], "scored_tokens": [2, 3]}])
+    with pytest.raises(HarnessError) as e:
+        reward.run(ctx)
+    assert str(e.value) == f"{ctx.out / 'policy_logps.jsonl'}:1: policy log-prob of response 0 for en/a is nan"
+
+
+def test_empty_response_set_is_named(tmp_path):
+    from harness.stages import reward
+
+    ctx = _ctx(tmp_path)
+    _write(ctx.upstream("sample") / "responses.jsonl", [dict(SAMPLES[0], responses=[])])
+    with pytest.raises(HarnessError, match=r"responses.jsonl:1: empty response set for en/a"):
+        reward.run(ctx)
+
+
+def test_malformed_stage_file_is_named(tmp_path):
+    from harness.stages import pairs
+
+    ctx = _ctx(tmp_path)
+    p = ctx.upstream("reward") / "rewards.jsonl"
+    p.parent.mkdir(parents=True)
+    p.write_text('{"lang": "en"}\n{"lang": \n')
+    with pytest.raises(HarnessError, match=r"rewards.jsonl:2: malformed JSON line"):
+        pairs.run(ctx)
+
+
+def test_reward_prompts_per_strategy():
+    assert CrossLingual().reward_instruction("en", "Hi", "Hi") == "Hi"
+    es = CrossLingual().reward_instruction("es", "¿Hola?", "Hello?")
+    assert es == ("Please answer the following instruction using only Spanish, unless explicitly instructed to "
+                  "respond in a different language.\n\nHello?")
+    assert Multilingual().reward_instruction("es", "¿Hola?", "Hello?") == "¿Hola?"
+    t = TranslateToEnglish()
+    assert t.reward_instruction("es", "¿Hola?", "Hello?") == "Hello?"
+    assert t.pair_languages(["en", "es", "de"]) == ["es", "de"]
+    assert "<sentence>\nHola\n</sentence>" in t.translation_instruction("Hola")
+
+
+@pytest.mark.parametrize("raw,expected", [
+    ("<translated>\nHello\n</translated> trailing", "Hello"),
+    ("<translated>\nHello", "Hello"),
+    ("<translated>\n</translated>", ""),
+    ("<translated>", "Translation Error"),
+])
+def test_extract_translation(raw, expected):
+    assert extract_translation(raw) == expected
+
+
+def test_accelerate_launch_command_is_built_and_parsed(tmp_path):
+    from accelerate.commands.launch import launch_command_parser
+
+    from harness.stages.train import launch_command, uses_accelerate
+
+    ds = tmp_path / "zero3.yaml"
+    ds.write_text("distributed_type: DEEPSPEED\n")
+    cfg, _ = load_config(None, [f"train.accelerate={{num_processes: 8, config_file: {ds}, "
+                                "extra_args: [--mixed_precision, bf16]}"])
+    assert uses_accelerate(cfg.train)
+    cmd = launch_command(cfg.train, tmp_path / "runs/x", 2)
+    assert cmd[1:3] == ["-m", "accelerate.commands.launch"]
+    args = launch_command_parser().parse_args(cmd[3:])
+    assert args.num_processes == 8 and args.config_file == str(ds) and args.mixed_precision == "bf16"
+    assert args.module and args.training_script == "harness.stages"
+    assert args.training_script_args == [str(tmp_path / "runs/x"), "2", "train"]
+    cfg1, _ = load_config(None)
+    assert not uses_accelerate(cfg1.train)
+
+
+def test_dpo_config_fields_exist_in_installed_trl():
+    from harness.stages.train import check_dpo_kwargs, dpo_kwargs
+
+    cfg, _ = load_config(None)
+    check_dpo_kwargs(dpo_kwargs(cfg.train, __import__("pathlib").Path("/tmp"), 0))
+    with pytest.raises(HarnessError, match="no field.*rpo_alpha"):
+        check_dpo_kwargs({**dpo_kwargs(cfg.train, __import__("pathlib").Path("/tmp"), 0), "rpo_alpha": 1.0})
