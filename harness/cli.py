@@ -283,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--max-tokens", type=int, default=64)
     b.add_argument("--debug", action="store_true")
     b.set_defaults(fn=cmd_bench)
+    from harness.metrics import add_score_annotations_parser
+
+    add_score_annotations_parser(sub)
     return p
 
 

@@ -243,3 +243,104 @@ def _load_hub_prefs(repo: str, limit: int | None) -> tuple[list[PreferencePair],
         rj = rj[-1]["content"] if isinstance(rj, list) else rj
         pairs.append(PreferencePair(str(row.get("prompt_id", i)), row["prompt"], ch, rj))
     return pairs, stable_hash([repo, split, limit, len(pairs)])
+
+
+# -- X-AlpacaEval ------------------------------------------------------------------------------------------------
+XALPACA_N = 805
+DEFAULT_REFERENCE = "gpt-4-turbo-2024-04-09"
+ICR_XALPACA_RAW = ("https://raw.githubusercontent.com/ZNLP/Implicit-Cross-Lingual-Rewarding/"
+                   f"{ICR_COMMIT}/data/x-alpacaeval/data/{{lang}}.json")
+ICR_REFERENCE_RAW = ("https://raw.githubusercontent.com/ZNLP/Implicit-Cross-Lingual-Rewarding/"
+                     f"{ICR_COMMIT}/results/base_model/x-alpacaeval_format/{{lang}}/{{generator}}/model_outputs.json")
+
+
+def eval_subset(limit: int | None) -> list[int]:
+    """A deterministic subset of X-AlpacaEval ids spread evenly over 0..804 (so every source dataset appears)."""
+    if limit is None or limit >= XALPACA_N:
+        return list(range(XALPACA_N))
+    return sorted({(i * XALPACA_N) // limit for i in range(limit)})
+
+
+def _download_json(url: str, dest: Path) -> Path:
+    if dest.exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r:
+            body = r.read()
+    except Exception as e:
+        raise HarnessError(f"could not download {url} ({e}); offline, point data_dir (or ${DATA_ENV}) at a local "
+                           "copy of the shared data") from None
+    tmp = dest.with_suffix(".partial")
+    tmp.write_bytes(body)
+    os.replace(tmp, dest)
+    return dest
+
+
+def load_xalpaca_instructions(lang: str, configured_data_dir: str | None = None) -> list[dict]:
+    """805 rows {id (= AlpacaEval index), dataset, instruction}."""
+    from harness.io import read_json
+
+    root = data_dir(configured_data_dir, required=False)
+    if root is not None:
+        folder = root / "x-alpacaeval" / "instructions"
+        path = next((folder / n for n in (f"{lang}.json", f"{lang}.json.gz") if (folder / n).exists()), None)
+        if path is None:
+            raise HarnessError(f"no X-AlpacaEval instructions for language '{lang}'", folder / f"{lang}.json")
+        shift = 0
+    else:
+        from harness.models import cache_dir
+
+        path = _download_json(ICR_XALPACA_RAW.format(lang=lang), cache_dir() / "data" / "x-alpacaeval" / f"{lang}.json")
+        shift = 1  # upstream ids are 1-based
+    rows = read_json(path)
+    if not isinstance(rows, list):
+        raise HarnessError("expected a JSON list of {id, dataset, instruction}", path)
+    out = []
+    for i, r in enumerate(rows, start=1):
+        if not isinstance(r, dict) or not isinstance(r.get("instruction"), str) or not r["instruction"].strip():
+            raise HarnessError("missing or empty 'instruction'", path, i)
+        rid = int(r.get("id", i - 1 + shift)) - shift
+        out.append({"id": rid, "dataset": r.get("dataset", ""), "instruction": r["instruction"]})
+    if [r["id"] for r in out] != list(range(len(out))):
+        raise HarnessError("ids are not 0..N-1 in order (X-AlpacaEval instruction i must be AlpacaEval index i)", path)
+    return out
+
+
+def load_reference_outputs(lang: str, source: str, configured_data_dir: str | None = None) -> tuple[dict, str, str]:
+    """Reference outputs by id: the shipped generator name (gpt-4-turbo-2024-04-09) or a model_outputs.json path.
+
+    Returns ({id: output}, generator name, where it came from)."""
+    from harness.io import read_json
+
+    p = Path(source).expanduser()
+    if source.endswith(".json") or source.endswith(".json.gz") or p.exists():
+        path = p
+    else:
+        root = data_dir(configured_data_dir, required=False)
+        if root is not None:
+            folder = root / "x-alpacaeval" / "references" / source
+            path = next((folder / n for n in (f"{lang}.json.gz", f"{lang}.json") if (folder / n).exists()), None)
+            if path is None:
+                have = sorted(x.name.split(".")[0] for x in folder.glob("*.json*")) if folder.exists() else []
+                raise HarnessError(f"no '{source}' reference outputs for language '{lang}' (available: "
+                                   f"{', '.join(have) or 'none'}); name another reference for it: "
+                                   f"eval.references: {{{lang}: MODEL or model_outputs.json}}", folder)
+        else:
+            from harness.models import cache_dir
+
+            path = _download_json(ICR_REFERENCE_RAW.format(lang=lang, generator=source),
+                                  cache_dir() / "data" / "x-alpacaeval-references" / source / f"{lang}.json")
+    rows = read_json(path)
+    if not isinstance(rows, list):
+        raise HarnessError("expected a JSON list in AlpacaEval model_outputs format", path)
+    out, generator = {}, source
+    ids = [int(r["id"]) for r in rows if isinstance(r, dict) and str(r.get("id", "")).isdigit()]
+    shift = 1 if ids and min(ids) == 1 and max(ids) == len(rows) else 0  # upstream ICR files are 1-based
+    for i, r in enumerate(rows, start=1):
+        if not isinstance(r, dict) or not isinstance(r.get("output"), str):
+            raise HarnessError("missing 'output'", path, i)
+        rid = int(r["id"]) - shift if "id" in r else i - 1
+        out[rid] = r["output"]
+        generator = r.get("generator", generator)
+    return out, generator, str(path)

@@ -1,1 +1,182 @@
-"""Judges (registry kind ``judges``): filled in by the evaluation work (issue: X-AlpacaEval scoring)."""
+"""Judges (registry kind ``judges``): pairwise preferences of a model's output over a reference output.
+
+A preference is a float in [1, 2] as in AlpacaEval: 1 = the reference (output_1) is better, 2 = the model
+(output_2) is better. Both judges use alpaca-eval's own pieces: the AlpacaEval 2 prompt
+(``alpaca_eval_clf_gpt4_turbo/alpaca_eval_clf.txt``), its order randomisation (``RandomSwitchTwoColumnsProcessor``,
+seeded by the instruction, seed 123 as in its annotators) and its ``logprob_parser`` (P(m) / (P(m) + P(M)) over
+the first token's top-5 log-probs).
+
+- ``local_logprob``: the prompt through a local Hugging Face model; the top-5 log-probs of its first answer token
+  are read exactly as the API judge reads OpenAI's ``top_logprobs``. The demo's judge.
+- ``local_logprob_multilingual``: the same with the paper's added sentence (METHOD.md section 6).
+
+Every judged pair is appended to an annotation cache keyed by (judge, instruction, output_1, output_2), so an
+interrupted evaluation resumes and a rerun makes no judge call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from harness.errors import HarnessError
+from harness.io import JsonlAppender
+from harness.registry import register
+
+MULTILINGUAL_SENTENCE = ("A good output should be in the same language as the instruction, except when the "
+                         "instruction explicitly requests the output in a different language.")
+SWITCH_SEED = 123  # alpaca_eval's SingleAnnotator default, passed to its processors
+
+
+def alpaca_eval_template(multilingual: bool) -> str:
+    import alpaca_eval
+
+    path = Path(alpaca_eval.__file__).parent / "evaluators_configs/alpaca_eval_clf_gpt4_turbo/alpaca_eval_clf.txt"
+    text = path.read_text(encoding="utf-8")
+    if multilingual:
+        marker = "## Task\n\n"
+        if marker not in text:
+            raise HarnessError("cannot find the '## Task' paragraph in alpaca-eval's prompt", path)
+        text = text.replace(marker, marker + MULTILINGUAL_SENTENCE + " ", 1)
+    return text
+
+
+def pair_key(judge_id: str, instruction: str, output_1: str, output_2: str) -> str:
+    h = hashlib.sha256()
+    for part in (judge_id, instruction, output_1, output_2):
+        h.update(part.encode("utf-8"))
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+class AnnotationCache:
+    """Append-only JSONL of judged pairs: {key, preference}."""
+
+    def __init__(self, path: Path):
+        self.file = JsonlAppender(path)
+        self.values = {r["key"]: (float("nan") if r["preference"] is None else r["preference"])
+                       for r in self.file.rows}
+        self.calls = 0  # pairs judged (not served from the cache) in this process
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.values
+
+    def get(self, key: str) -> float | None:
+        return self.values.get(key)
+
+    def add(self, items: list[tuple[str, float]]) -> None:
+        """A NaN preference (the judge's reply could not be parsed) is stored as null, and counted."""
+        self.file.append({"key": k, "preference": None if math.isnan(p) else p} for k, p in items)
+        self.values.update(items)
+        self.calls += len(items)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+@dataclass
+class Judge:
+    name: str
+    model: str
+    multilingual: bool
+
+    def identity(self) -> dict:
+        return {"judge": self.name, "model": self.model, "multilingual": self.multilingual}
+
+    @property
+    def id(self) -> str:
+        return hashlib.sha256(repr(sorted(self.identity().items())).encode()).hexdigest()[:16]
+
+    def judge(self, instructions: Sequence[str], outputs_1: Sequence[str], outputs_2: Sequence[str],
+              cache: AnnotationCache, progress_cb=None, batch: int = 8) -> list[float]:
+        """Preferences (1..2) of outputs_2 over outputs_1; cached pairs are not judged again."""
+        import pandas as pd
+        from alpaca_eval.processors import RandomSwitchTwoColumnsProcessor
+
+        keys = [pair_key(self.id, i, a, b) for i, a, b in zip(instructions, outputs_1, outputs_2)]
+        todo = [j for j, k in enumerate(keys) if k not in cache]
+        for start in range(0, len(todo), batch):
+            idx = todo[start:start + batch]
+            df = pd.DataFrame({"instruction": [instructions[j] for j in idx],
+                               "output_1": [outputs_1[j] for j in idx], "output_2": [outputs_2[j] for j in idx]})
+            proc = RandomSwitchTwoColumnsProcessor(
+                two_columns_to_switch=["output_1", "output_2"], random_seed_columns=["instruction"],
+                fn_replace_if_switch=lambda d: d.assign(preference=3 - d["preference"]) if "preference" in d else d,
+                _switch_column="is_switched_outputs", seed=SWITCH_SEED)
+            shown = proc.preprocess(df)
+            shown["preference"] = self._preferences(shown)
+            back = proc.postprocess(shown)
+            cache.add([(keys[j], float(p)) for j, p in zip(idx, back["preference"].tolist())])
+            if progress_cb:
+                progress_cb(len(idx))
+        return [cache.get(k) for k in keys]
+
+    def _preferences(self, df) -> list[float]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class LocalLogprobJudge(Judge):
+    """The AlpacaEval 2 weighted judge run through a local model (transformers backend)."""
+
+    def __init__(self, name: str, model: str, multilingual: bool, threads: int | None = None):
+        super().__init__(name, model, multilingual)
+        self.threads = threads
+        self._backend = None
+
+    @property
+    def backend(self):
+        if self._backend is None:
+            from harness.backends import TransformersBackend
+            from harness.models import resolve_model
+
+            self._backend = TransformersBackend(resolve_model(self.model), dtype="float32", threads=self.threads)
+        return self._backend
+
+    def _preferences(self, df) -> list[float]:
+        import torch
+        from alpaca_eval.completion_parsers import logprob_parser
+        from alpaca_eval.utils import make_prompts, prompt_to_chatml
+
+        be = self.backend
+        prompts, _ = make_prompts(df, alpaca_eval_template(self.multilingual))
+        out = []
+        for prompt in prompts:
+            text = be.tokenizer.apply_chat_template(prompt_to_chatml(prompt), add_generation_prompt=True,
+                                                    tokenize=False)
+            ids = be.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+            with torch.no_grad():
+                logits = be.model(input_ids=ids, logits_to_keep=1).logits[0, -1].float()
+            logp = torch.log_softmax(logits, dim=-1)
+            top = torch.topk(logp, 5)
+            top_logprobs = [{"token": be.tokenizer.decode([int(t)]), "logprob": float(v)}
+                            for v, t in zip(top.values, top.indices)]
+            completion = {"logprobs": {"content": [{"token": top_logprobs[0]["token"],
+                                                    "logprob": top_logprobs[0]["logprob"],
+                                                    "top_logprobs": top_logprobs}]}}
+            pref = logprob_parser(completion, numerator_token="m", denominator_tokens=["m", "M"],
+                                  is_binarize=False)[0]
+            out.append(pref if pref is not None and not (isinstance(pref, float) and math.isnan(pref))
+                       else float("nan"))
+        return out
+
+    def close(self) -> None:
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
+
+
+@register("judges", "local_logprob", "AlpacaEval 2 weighted prompt through a local model, read from its logprobs")
+def local_logprob(model: str, threads: int | None = None, **_) -> Judge:
+    return LocalLogprobJudge("local_logprob", model, False, threads)
+
+
+@register("judges", "local_logprob_multilingual",
+          "local_logprob with the paper's same-language sentence (METHOD.md section 6)")
+def local_logprob_multilingual(model: str, threads: int | None = None, **_) -> Judge:
+    return LocalLogprobJudge("local_logprob_multilingual", model, True, threads)
