@@ -128,6 +128,13 @@ def _plan_counts(pipe, t) -> str:
         return f"{2 * s} sequences scored (policy + reference){extra}"
     if t.stage == "pairs":
         return f"<= {n_prompts * pair_langs} pairs ({pair_langs} languages)"
+    if t.stage == "eval":
+        from harness.data import eval_subset
+
+        ec = pipe.cfg.eval
+        n = len(eval_subset(ec.limit)) * len(ec.languages or pipe.cfg.languages)
+        return (f"{n} X-AlpacaEval answers (<= {n * ec.max_tokens:,} tokens), {n} {ec.judge} judgements, "
+                f"LC {ec.lc_source}")
     from harness.stages.train import train_config_for
 
     tc = train_config_for(cfg, t.iteration)
@@ -193,6 +200,10 @@ def _print_summary(pipe, tasks, seconds: float) -> None:
                             f"len {s['mean_chosen_length']:.0f}/{s['mean_rejected_length']:.0f}"
                             f"{' degenerate ' + str(s['degenerate']) if s['degenerate'] else ''}"
                             for lang, s in summ.items())
+        elif t.stage == "eval":
+            wr, lc, ot = c.get("win_rate"), c.get("length_controlled_winrate"), c.get("on_target_rate")
+            res = (f"{c.get('model')}: WR {_fmt(wr)}  LC {_fmt(lc)}  on-target {_fmt(ot, 100)}% "
+                   f"({' '.join(c.get('languages', []))}; {c.get('judge_calls')} judge calls)")
         else:
             pc = c.get("param_change_l2")
             res = (f"{c.get('pairs')} pairs, {c.get('steps')} steps, loss {c.get('loss_first', 0):.3f} -> "
@@ -205,9 +216,67 @@ def _print_summary(pipe, tasks, seconds: float) -> None:
                   f"final model: {pipe.layout.model_dir(k) if k else pipe.model(0).path}")
 
 
+def _fmt(v, scale: float = 1.0) -> str:
+    return "n/a" if v is None else f"{v * scale:.1f}"
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     args.config = "demo"
     return cmd_run(args)
+
+
+# -- eval ----------------------------------------------------------------------------------------------------------
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Score one model (registered name or local folder) on X-AlpacaEval outside a run."""
+    import re
+
+    from rich.table import Table
+
+    from harness.config import load_config
+    from harness.evaluate import evaluate_model
+    from harness.io import atomic_write_json
+    from harness.models import resolve_model
+    from harness.paths import RunLayout, runs_root
+    from harness.registry import get
+    from harness.ui import console
+
+    spec = resolve_model(args.model, where="MODEL")
+    name = args.run_name or "eval-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", spec.name)
+    overrides = [f"run_name={name}", "eval.enabled=true", *args.overrides]
+    if args.languages:
+        overrides.append(f"eval.languages=[{','.join(args.languages)}]")
+        overrides.append(f"languages=[{','.join(args.languages)}]")
+    for key in ("limit", "judge", "judge_model", "reference", "lc_source", "max_tokens"):
+        if getattr(args, key) is not None:
+            overrides.append(f"eval.{key}={getattr(args, key)}")
+    if args.data_dir:
+        overrides.append(f"data_dir={args.data_dir}")
+    cfg, _ = load_config(None, overrides)
+    layout = RunLayout(runs_root(args.runs_dir) / name)
+    _setup_logging(args.debug, layout.log)
+    judge = get("judges", cfg.eval.judge)(model=cfg.eval.judge_model or cfg.models.reference)
+    t0 = time.time()
+    summary = evaluate_model(spec, spec.name, layout.root / "eval", cfg, layout.judge_cache(judge.id))
+    from harness.config import to_dict
+    from harness.pipeline import package_versions
+
+    atomic_write_json(layout.run_json, {"command": sys.argv, "model": spec.to_dict(), "config": to_dict(cfg),
+                                        "versions": package_versions()})
+    table = Table(title=f"{spec.name} on X-AlpacaEval ({time.time() - t0:.0f} s)")
+    for col in ("language", "n", "WR ± se", "LC ± se", "on-target", "reference", "LC source"):
+        table.add_column(col)
+    for lang, m in summary["per_language"].items():
+        lc = m["length_controlled_winrate"]
+        table.add_row(lang, str(m["n"]), f"{m['win_rate']:.1f} ± {m['standard_error']:.1f}",
+                      "n/a" if lc is None else f"{lc:.1f} ± {m['lc_standard_error']:.1f}",
+                      f"{100 * m['on_target_rate']:.0f}%", m["reference"], m["lc_source"])
+    avg = summary["average"]
+    table.add_row("average", "", _fmt(avg["win_rate"]), _fmt(avg["length_controlled_winrate"]),
+                  _fmt(avg["on_target_rate"], 100) + "%", "", "")
+    console.print(table)
+    console.print(f"wrote: {layout.root / 'eval'}/<lang>/ (model_outputs.json, annotations.json, metrics.json), "
+                  f"{layout.root / 'eval' / 'metrics.json'}; {summary['judge_calls']} judge calls")
+    return 0
 
 
 # -- ls ------------------------------------------------------------------------------------------------------------
@@ -273,6 +342,21 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="run the packaged CPU demo (SmolLM2-135M, stage 0 + 2 iterations, en es de)")
     run_args(d)
     d.set_defaults(fn=cmd_demo)
+    e = sub.add_parser("eval", help="score one model on X-AlpacaEval (WR, LC, language fidelity)")
+    e.add_argument("model", help="registered model name or local Hugging Face folder")
+    e.add_argument("overrides", nargs="*", help="eval.key=value overrides")
+    e.add_argument("--languages", nargs="+", help="X-AlpacaEval languages (default: en es de)")
+    e.add_argument("--limit", type=int, help="instructions per language (deterministic subset; default all 805)")
+    e.add_argument("--judge", help="judge name (harness ls judges)")
+    e.add_argument("--judge-model", help="model behind a local judge (default: smollm2-135m-instruct)")
+    e.add_argument("--reference", help="reference outputs: generator name or model_outputs.json")
+    e.add_argument("--lc-source", choices=["official", "estimated", "minimal"])
+    e.add_argument("--max-tokens", type=int)
+    e.add_argument("--runs-dir")
+    e.add_argument("--run-name")
+    e.add_argument("--data-dir")
+    e.add_argument("--debug", action="store_true")
+    e.set_defaults(fn=cmd_eval)
     ls = sub.add_parser("ls", help="list registered components (models, languages, strategies, judges, backends)")
     ls.add_argument("kind", nargs="?", choices=["models", "languages", "strategies", "judges", "backends", "presets"])
     ls.add_argument("--debug", action="store_true")

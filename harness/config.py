@@ -145,6 +145,32 @@ class Stage0Config:
 
 
 @dataclass
+class EvalConfig:
+    enabled: bool = False
+    """Score pi_ref, pi_0 and every pi_k on X-AlpacaEval after the loop."""
+    languages: list | None = None
+    """Default: the run's languages."""
+    limit: int | None = None
+    """Instructions per language: a deterministic subset spread over the 805 ids (None: all 805)."""
+    temperature: float = 0.6
+    top_p: float = 0.9
+    max_tokens: int = 2048
+    seed: int = 42
+    backend: str | None = None
+    """Generation backend (default: backend.sample)."""
+    chunk: int = 8
+    judge: str = "local_logprob"
+    judge_model: str | None = None
+    """Model behind a local judge (default: models.reference)."""
+    reference: str = "gpt-4-turbo-2024-04-09"
+    """Reference outputs: the shipped generator name, or a model_outputs.json."""
+    references: dict = field(default_factory=dict)
+    """Per-language reference where the default has none (ar it ja ko): {lang: MODEL or model_outputs.json}."""
+    lc_source: str = "estimated"
+    """official (AlpacaEval's df_gamed.csv), estimated (shipped, offline) or minimal."""
+
+
+@dataclass
 class RunConfig:
     run_name: str = "run"
     seed: int = 42
@@ -161,6 +187,7 @@ class RunConfig:
     pairs: PairsConfig = field(default_factory=PairsConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     stage0: Stage0Config = field(default_factory=Stage0Config)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     per_iteration: dict = field(default_factory=dict)
     """{iteration: {section: {key: value}}}: settings for one iteration only."""
 
@@ -198,6 +225,16 @@ class RunConfig:
         _one_of("pairs.length_unit", self.pairs.length_unit, ("chars", "tokens"), where)
         _one_of("train.method", self.train.method, ("full", "lora"), where)
         _one_of("train.precision", self.train.precision, ("fp32", "bf16", "bf16_cpu"), where)
+        _one_of("eval.lc_source", self.eval.lc_source, ("official", "estimated", "minimal"), where)
+        for lang in self.eval.languages or []:
+            try:
+                REGISTRY.get("languages", str(lang))
+            except HarnessError as e:
+                raise HarnessError("eval.languages: " + e.message, where) from None
+        try:
+            REGISTRY.get("judges", self.eval.judge)
+        except HarnessError as e:
+            raise HarnessError("eval.judge: " + e.message, where) from None
         for name, v in (("sample.n", self.sample.n), ("sample.max_tokens", self.sample.max_tokens),
                         ("sample.chunk", self.sample.chunk), ("reward.chunk", self.reward.chunk),
                         ("train.batch_size", self.train.batch_size)):

@@ -4,6 +4,8 @@ runs/<run>/run.json, config.yaml, log.txt
 runs/<run>/iter_0/train/            optional stage 0: pi_0 by English DPO of pi_ref
 runs/<run>/iter_<k>/<stage>/        sample, reward, pairs, train (k >= 1); each holds _done.json, written last
 runs/<run>/iter_<k>/<stage>.partial/ a stage in progress (resumed by a rerun with the same settings)
+runs/<run>/iter_<k>/eval/<lang>/    X-AlpacaEval scores of pi_k (iter_ref/eval: pi_ref)
+runs/<run>/_cache/judge/<judge>.jsonl annotation cache shared by the run's evaluations
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 RUNS_ENV = "HARNESS_RUNS"
+REF = -1  # the "iteration" of pi_ref in evaluation stages
 DONE = "_done.json"
 PARTIAL = "_partial.json"
 
@@ -38,7 +41,10 @@ class RunLayout:
         return self.root / "log.txt"
 
     def iter_dir(self, k: int) -> Path:
-        return self.root / f"iter_{k}"
+        return self.root / ("iter_ref" if k == REF else f"iter_{k}")
+
+    def judge_cache(self, judge_id: str) -> Path:
+        return self.root / "_cache" / "judge" / f"{judge_id}.jsonl"
 
     def stage_dir(self, k: int, stage: str) -> Path:
         return self.iter_dir(k) / stage

@@ -26,7 +26,7 @@ from harness.config import RunConfig, load_config, to_dict
 from harness.errors import HarnessError
 from harness.io import atomic_write_json, atomic_write_text, read_json, stable_hash
 from harness.models import ModelSpec, local_spec_like, resolve_model
-from harness.paths import DONE, PARTIAL, RunLayout
+from harness.paths import DONE, PARTIAL, REF, RunLayout
 from harness.registry import get
 from harness.stages import StageContext, stage_function
 
@@ -48,7 +48,7 @@ class Task:
 
     @property
     def label(self) -> str:
-        return f"iter_{self.iteration}/{self.stage}"
+        return f"{'iter_ref' if self.iteration == REF else f'iter_{self.iteration}'}/{self.stage}"
 
 
 def package_versions() -> dict:
@@ -76,12 +76,16 @@ class Pipeline:
 
     # -- models ----------------------------------------------------------------------------------------------------
     def model(self, k: int) -> ModelSpec:
-        """pi_k."""
+        """pi_k (k = REF: pi_ref)."""
+        if k == REF:
+            return self.reference
         if k == 0 and self.given_pi0 is not None:
             return self.given_pi0
         return local_spec_like(self.reference, self.layout.model_dir(k).resolve(), f"pi_{k}")
 
     def model_identity(self, k: int, tasks: dict) -> dict:
+        if k == REF:
+            return self.reference.identity()
         if k == 0 and self.given_pi0 is not None:
             return self.given_pi0.identity()
         return {"trained_by": tasks[(k, "train")].hash}
@@ -137,6 +141,17 @@ class Pipeline:
                              "languages": self.strategy.pair_languages(ck.languages)})
             add(k, "train", {"upstream": tasks[(k, "pairs")].hash, "model": policy, "train": to_dict(ck.train),
                              "seed": ck.seed})
+        if cfg.eval.enabled:
+            from harness.data import eval_subset
+
+            ec = cfg.eval
+            judge = get("judges", ec.judge)(model=ec.judge_model or cfg.models.reference)
+            judge_model = resolve_model(ec.judge_model or cfg.models.reference, where="eval.judge_model")
+            settings = {**to_dict(ec), "chunk": None, "languages": ec.languages or cfg.languages,
+                        "ids": eval_subset(ec.limit), "backend": ec.backend or cfg.backend.sample,
+                        "judge_identity": {**judge.identity(), "model": judge_model.identity()}}
+            for k in [REF, *range(cfg.iterations + 1)]:
+                add(k, "eval", {"model": self.model_identity(k, tasks), "eval": settings})
         for t in ordered:
             t.status = self._status(t)
         self._tasks = ordered
@@ -165,10 +180,12 @@ class Pipeline:
         first = None
         for f in force:
             k, _, stage = f.rpartition(":")
-            if stage not in ("sample", "reward", "pairs", "train"):
-                raise HarnessError(f"--force: unknown stage '{stage}' (sample, reward, pairs, train)")
+            from harness.stages import STAGES
+
+            if stage not in STAGES:
+                raise HarnessError(f"--force: unknown stage '{stage}' ({', '.join(STAGES)})")
             for i, t in enumerate(tasks):
-                if t.stage == stage and (not k or str(t.iteration) == k):
+                if t.stage == stage and (not k or str(t.iteration) == k or (k == "ref" and t.iteration == REF)):
                     first = i if first is None else min(first, i)
                     break
         if first is not None:
@@ -197,8 +214,10 @@ class Pipeline:
         atomic_write_text(self.layout.config_yaml, yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
 
     def context(self, t: Task, out: Path) -> StageContext:
-        ck = self.cfg.for_iteration(t.iteration) if t.iteration >= 1 else self.cfg
-        if t.iteration == 0:
+        ck = self.cfg.for_iteration(t.iteration) if t.iteration >= 1 and t.stage != "eval" else self.cfg
+        if t.stage == "eval":
+            policy, ref = self.model(t.iteration), self.reference
+        elif t.iteration == 0:
             policy, ref = self.reference, self.reference
         else:
             policy = self.model(t.iteration - 1)

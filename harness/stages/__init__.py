@@ -1,7 +1,8 @@
 """Stages of one ICR iteration. Each stage is a function ``run(ctx) -> dict`` (counts for the completion record)
 that reads only earlier stages' folders and writes only ``ctx.out`` (the stage's ``.partial`` folder).
 
-Stage names are fixed: sample, reward, pairs, train (iteration 0 has only train: pi_0 by English DPO).
+Stage names are fixed: sample, reward, pairs, train (iteration 0 has only train: pi_0 by English DPO), and eval
+(X-AlpacaEval scores of pi_ref, pi_0, ... when ``eval.enabled``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from harness.config import RunConfig
 from harness.models import ModelSpec
 from harness.paths import RunLayout
 
-STAGES = ("sample", "reward", "pairs", "train")
+STAGES = ("sample", "reward", "pairs", "train", "eval")
 
 
 @dataclass
