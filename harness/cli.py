@@ -237,7 +237,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from harness.io import atomic_write_json
     from harness.models import resolve_model
     from harness.paths import RunLayout, runs_root
-    from harness.registry import get
+    from harness.judges import make_judge
     from harness.ui import console
 
     spec = resolve_model(args.model, where="MODEL")
@@ -246,7 +246,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.languages:
         overrides.append(f"eval.languages=[{','.join(args.languages)}]")
         overrides.append(f"languages=[{','.join(args.languages)}]")
-    for key in ("limit", "judge", "judge_model", "reference", "lc_source", "max_tokens"):
+    for key in ("limit", "judge", "judge_model", "judge_base_url", "reference", "lc_source", "max_tokens"):
         if getattr(args, key) is not None:
             overrides.append(f"eval.{key}={getattr(args, key)}")
     if args.data_dir:
@@ -254,7 +254,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cfg, _ = load_config(None, overrides)
     layout = RunLayout(runs_root(args.runs_dir) / name)
     _setup_logging(args.debug, layout.log)
-    judge = get("judges", cfg.eval.judge)(model=cfg.eval.judge_model or cfg.models.reference)
+    judge = make_judge(cfg)
     t0 = time.time()
     summary = evaluate_model(spec, spec.name, layout.root / "eval", cfg, layout.judge_cache(judge.id))
     from harness.config import to_dict
@@ -348,7 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--languages", nargs="+", help="X-AlpacaEval languages (default: en es de)")
     e.add_argument("--limit", type=int, help="instructions per language (deterministic subset; default all 805)")
     e.add_argument("--judge", help="judge name (harness ls judges)")
-    e.add_argument("--judge-model", help="model behind a local judge (default: smollm2-135m-instruct)")
+    e.add_argument("--judge-model", help="local judge: model name or folder (default: smollm2-135m-instruct); "
+                   "API judge: served model name (default: gpt-4-1106-preview)")
+    e.add_argument("--judge-base-url", help="OpenAI-compatible base URL of an API judge (key: $OPENAI_API_KEY)")
     e.add_argument("--reference", help="reference outputs: generator name or model_outputs.json")
     e.add_argument("--lc-source", choices=["official", "estimated", "minimal"])
     e.add_argument("--max-tokens", type=int)

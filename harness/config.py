@@ -161,7 +161,13 @@ class EvalConfig:
     chunk: int = 8
     judge: str = "local_logprob"
     judge_model: str | None = None
-    """Model behind a local judge (default: models.reference)."""
+    """Local judges: a model name or folder (default: models.reference); API judges: the served model name
+    (default: gpt-4-1106-preview)."""
+    judge_base_url: str | None = None
+    """OpenAI-compatible base URL for API judges (default: $OPENAI_BASE_URL, else api.openai.com)."""
+    judge_api_key_env: str = "OPENAI_API_KEY"
+    """Name of the environment variable holding the API key (the key itself is never in a config)."""
+    judge_concurrency: int = 4
     reference: str = "gpt-4-turbo-2024-04-09"
     """Reference outputs: the shipped generator name, or a model_outputs.json."""
     references: dict = field(default_factory=dict)

@@ -70,25 +70,30 @@ def _lang_file(folder: Path, lang: str) -> Path:
                        folder / f"{lang}.jsonl")
 
 
+def _download(url: str, dest: Path, hint: str = "") -> Path:
+    """Download once into the harness cache (atomic); offline, say how to use a local copy instead."""
+    if dest.exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r:
+            body = r.read()
+    except Exception as e:
+        raise HarnessError(f"could not download {url} ({e}); offline, point data_dir (or ${DATA_ENV}) at a local "
+                           f"copy of the shared data{'; ' + hint if hint else ''}") from None
+    tmp = dest.with_suffix(".partial")
+    tmp.write_bytes(body)
+    os.replace(tmp, dest)
+    return dest
+
+
 def _download_upstream(subset: str, langs: list[str]) -> Path:
     from harness.models import cache_dir
 
     folder = cache_dir() / "data" / "ultrafeedback-parallel" / subset
-    folder.mkdir(parents=True, exist_ok=True)
     for lang in sorted(set(langs) | {"en"}):
-        dest = folder / f"{lang}.jsonl"
-        if dest.exists():
-            continue
-        url = ICR_RAW.format(subset=subset, lang=lang)
-        try:
-            with urllib.request.urlopen(url, timeout=60) as r:
-                body = r.read()
-        except Exception as e:
-            raise HarnessError(f"could not download {url} ({e}); offline, point data_dir (or ${DATA_ENV}) at a "
-                               "local copy and use prompts.source: ultrafeedback-parallel/random_1000") from None
-        tmp = dest.with_suffix(".partial")
-        tmp.write_bytes(body)
-        os.replace(tmp, dest)
+        _download(ICR_RAW.format(subset=subset, lang=lang), folder / f"{lang}.jsonl",
+                  "use prompts.source: ultrafeedback-parallel/random_1000")
     return folder
 
 
@@ -261,22 +266,6 @@ def eval_subset(limit: int | None) -> list[int]:
     return sorted({(i * XALPACA_N) // limit for i in range(limit)})
 
 
-def _download_json(url: str, dest: Path) -> Path:
-    if dest.exists():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with urllib.request.urlopen(url, timeout=60) as r:
-            body = r.read()
-    except Exception as e:
-        raise HarnessError(f"could not download {url} ({e}); offline, point data_dir (or ${DATA_ENV}) at a local "
-                           "copy of the shared data") from None
-    tmp = dest.with_suffix(".partial")
-    tmp.write_bytes(body)
-    os.replace(tmp, dest)
-    return dest
-
-
 def load_xalpaca_instructions(lang: str, configured_data_dir: str | None = None) -> list[dict]:
     """805 rows {id (= AlpacaEval index), dataset, instruction}."""
     from harness.io import read_json
@@ -291,7 +280,7 @@ def load_xalpaca_instructions(lang: str, configured_data_dir: str | None = None)
     else:
         from harness.models import cache_dir
 
-        path = _download_json(ICR_XALPACA_RAW.format(lang=lang), cache_dir() / "data" / "x-alpacaeval" / f"{lang}.json")
+        path = _download(ICR_XALPACA_RAW.format(lang=lang), cache_dir() / "data" / "x-alpacaeval" / f"{lang}.json")
         shift = 1  # upstream ids are 1-based
     rows = read_json(path)
     if not isinstance(rows, list):
@@ -329,7 +318,7 @@ def load_reference_outputs(lang: str, source: str, configured_data_dir: str | No
         else:
             from harness.models import cache_dir
 
-            path = _download_json(ICR_REFERENCE_RAW.format(lang=lang, generator=source),
+            path = _download(ICR_REFERENCE_RAW.format(lang=lang, generator=source),
                                   cache_dir() / "data" / "x-alpacaeval-references" / source / f"{lang}.json")
     rows = read_json(path)
     if not isinstance(rows, list):

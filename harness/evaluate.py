@@ -24,7 +24,6 @@ from harness.data import eval_subset, load_reference_outputs, load_xalpaca_instr
 from harness.errors import HarnessError
 from harness.io import JsonlAppender, atomic_write_json, read_json, stable_hash
 from harness.models import ModelSpec, resolve_model
-from harness.registry import get
 from harness.ui import progress
 
 MAX_UNPARSED = 0.5  # share of judge replies that may fail to parse before the evaluation stops
@@ -97,7 +96,7 @@ def evaluate_model(spec: ModelSpec, label: str, out: Path, cfg: RunConfig, cache
     """Generate, judge and score ``spec`` on the configured languages; returns the aggregate metrics."""
     import pandas as pd
 
-    from harness.judges import AnnotationCache
+    from harness.judges import AnnotationCache, make_judge
     from harness.langid import on_target_rate
     from harness.metrics import lc_inputs, length_controlled_winrate, win_rate
 
@@ -105,7 +104,7 @@ def evaluate_model(spec: ModelSpec, label: str, out: Path, cfg: RunConfig, cache
     langs = list(ec.languages or cfg.languages)
     refs = {lang: _reference(lang, cfg, out) for lang in langs}  # fail early on a missing reference
     model_paths = generate_outputs(spec, label, out, cfg, langs)
-    judge = get("judges", ec.judge)(model=ec.judge_model or cfg.models.reference, threads=cfg.backend.threads)
+    judge = make_judge(cfg)
     lc = lc_inputs(ec.lc_source)
     cache = AnnotationCache(cache_path)
     per_lang = {}

@@ -9,6 +9,12 @@ the first token's top-5 log-probs).
 - ``local_logprob``: the prompt through a local Hugging Face model; the top-5 log-probs of its first answer token
   are read exactly as the API judge reads OpenAI's ``top_logprobs``. The demo's judge.
 - ``local_logprob_multilingual``: the same with the paper's added sentence (METHOD.md section 6).
+- ``weighted_alpaca_eval_gpt4_turbo`` (AlpacaEval 2's judge) and ``weighted_alpaca_eval_gpt4_turbo_multilingual``
+  (the paper's): any OpenAI-compatible server, through alpaca-eval's ``openai_completions`` (max_tokens 1,
+  temperature 1, logprobs, top_logprobs 5). Model name and base URL from the config (``eval.judge_model``,
+  ``eval.judge_base_url``) or ``OPENAI_BASE_URL``; the key only from the environment variable named by
+  ``eval.judge_api_key_env`` (never written anywhere). Concurrency ``eval.judge_concurrency``; the OpenAI client
+  retries rate limits and server errors with exponential backoff.
 
 Every judged pair is appended to an annotation cache keyed by (judge, instruction, output_1, output_2), so an
 interrupted evaluation resumes and a rerun makes no judge call.
@@ -91,7 +97,7 @@ class Judge:
         return hashlib.sha256(repr(sorted(self.identity().items())).encode()).hexdigest()[:16]
 
     def judge(self, instructions: Sequence[str], outputs_1: Sequence[str], outputs_2: Sequence[str],
-              cache: AnnotationCache, progress_cb=None, batch: int = 8) -> list[float]:
+              cache: AnnotationCache, progress_cb=None, batch: int = 4) -> list[float]:
         """Preferences (1..2) of outputs_2 over outputs_1; cached pairs are not judged again."""
         import pandas as pd
         from alpaca_eval.processors import RandomSwitchTwoColumnsProcessor
@@ -169,6 +175,82 @@ class LocalLogprobJudge(Judge):
         if self._backend is not None:
             self._backend.close()
             self._backend = None
+
+
+class OpenAICompatJudge(Judge):
+    """AlpacaEval 2's weighted judge against an OpenAI-compatible API, through alpaca-eval's own decoder."""
+
+    def __init__(self, name: str, model: str, multilingual: bool, base_url: str | None = None,
+                 api_key_env: str = "OPENAI_API_KEY", concurrency: int = 4, max_retries: int = 6):
+        super().__init__(name, model, multilingual)
+        import os
+
+        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or os.environ.get("OPENAI_API_BASE")
+        self.api_key_env = api_key_env
+        self.concurrency = concurrency
+        self.max_retries = max_retries
+
+    def identity(self) -> dict:
+        return {**super().identity(), "base_url": self.base_url}
+
+    def _preferences(self, df) -> list[float]:
+        import os
+
+        from alpaca_eval.completion_parsers import logprob_parser
+        from alpaca_eval.decoders.openai import openai_completions
+        from alpaca_eval.utils import make_prompts
+
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            raise HarnessError(f"judge '{self.name}' needs an API key in the environment variable {self.api_key_env} "
+                               "(for a local vLLM server any non-empty value works)")
+        prompts, _ = make_prompts(df, alpaca_eval_template(self.multilingual))
+        try:
+            out = openai_completions(
+                prompts, model_name=self.model, max_tokens=1, temperature=1, logprobs=True, top_logprobs=5,
+                requires_chatml=True, num_procs=self.concurrency, openai_api_keys=[key],
+                openai_api_base=self.base_url, client_config_path="/nonexistent/harness-uses-env",
+                client_kwargs={"max_retries": self.max_retries})
+        except Exception as e:  # the completed batches are already in the cache
+            raise HarnessError(f"judge '{self.name}' ({self.model} at {self.base_url or 'api.openai.com'}) failed: "
+                               f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; completed "
+                               "judgements are cached, rerun to resume") from None
+        prefs = []
+        for completion in out["completions_all"]:
+            try:
+                p = logprob_parser(completion, numerator_token="m", denominator_tokens=["m", "M"],
+                                   is_binarize=False)[0]
+            except Exception:  # an empty or malformed reply: counted as unparsed
+                p = float("nan")
+            prefs.append(float("nan") if p is None else float(p))
+        return prefs
+
+
+def make_judge(cfg) -> Judge:
+    """The run's judge from ``cfg.eval`` (local judges default to pi_ref's model, API judges to gpt-4-1106-preview)."""
+    from harness.registry import get
+
+    ec = cfg.eval
+    local = ec.judge.startswith("local")
+    model = ec.judge_model or (cfg.models.reference if local else "gpt-4-1106-preview")
+    return get("judges", ec.judge)(model=model, threads=cfg.backend.threads, base_url=ec.judge_base_url,
+                                   api_key_env=ec.judge_api_key_env, concurrency=ec.judge_concurrency)
+
+
+@register("judges", "weighted_alpaca_eval_gpt4_turbo",
+          "AlpacaEval 2's weighted judge on any OpenAI-compatible API (default model gpt-4-1106-preview)")
+def weighted_alpaca_eval_gpt4_turbo(model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
+                                    concurrency: int = 4, **_) -> Judge:
+    return OpenAICompatJudge("weighted_alpaca_eval_gpt4_turbo", model, False, base_url, api_key_env, concurrency)
+
+
+@register("judges", "weighted_alpaca_eval_gpt4_turbo_multilingual",
+          "the paper's judge: AlpacaEval 2's weighted judge plus the same-language sentence (OpenAI-compatible)")
+def weighted_alpaca_eval_gpt4_turbo_multilingual(model: str, base_url: str | None = None,
+                                                 api_key_env: str = "OPENAI_API_KEY", concurrency: int = 4,
+                                                 **_) -> Judge:
+    return OpenAICompatJudge("weighted_alpaca_eval_gpt4_turbo_multilingual", model, True, base_url, api_key_env,
+                             concurrency)
 
 
 @register("judges", "local_logprob", "AlpacaEval 2 weighted prompt through a local model, read from its logprobs")

@@ -144,12 +144,16 @@ class Pipeline:
         if cfg.eval.enabled:
             from harness.data import eval_subset
 
+            from harness.judges import LocalLogprobJudge, make_judge
+
             ec = cfg.eval
-            judge = get("judges", ec.judge)(model=ec.judge_model or cfg.models.reference)
-            judge_model = resolve_model(ec.judge_model or cfg.models.reference, where="eval.judge_model")
-            settings = {**to_dict(ec), "chunk": None, "languages": ec.languages or cfg.languages,
-                        "ids": eval_subset(ec.limit), "backend": ec.backend or cfg.backend.sample,
-                        "judge_identity": {**judge.identity(), "model": judge_model.identity()}}
+            judge = make_judge(cfg)
+            ident = judge.identity()
+            if isinstance(judge, LocalLogprobJudge):  # the weights behind a local judge, not just a name
+                ident["model"] = resolve_model(judge.model, where="eval.judge_model").identity()
+            settings = {**to_dict(ec), "chunk": None, "judge_concurrency": None,
+                        "languages": ec.languages or cfg.languages, "ids": eval_subset(ec.limit),
+                        "backend": ec.backend or cfg.backend.sample, "judge_identity": ident}
             for k in [REF, *range(cfg.iterations + 1)]:
                 add(k, "eval", {"model": self.model_identity(k, tasks), "eval": settings})
         for t in ordered:

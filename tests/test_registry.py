@@ -11,6 +11,8 @@ def test_builtins_are_registered():
     assert set(REGISTRY.names("languages")) == set("ar bn de en es fr it ja ko ru sw th zh".split())
     assert {"cross_lingual", "multilingual", "translate_en"} <= set(REGISTRY.names("strategies"))
     assert {"transformers", "vllm"} <= set(REGISTRY.names("backends"))
+    assert {"local_logprob", "local_logprob_multilingual", "weighted_alpaca_eval_gpt4_turbo",
+            "weighted_alpaca_eval_gpt4_turbo_multilingual"} <= set(REGISTRY.names("judges"))
     assert {"smollm2-135m-instruct", "llama-3-8b-sft", "llama-3-8b-sft-dpo"} <= set(REGISTRY.names("models"))
     for kind in KINDS:
         for e in REGISTRY.entries(kind):

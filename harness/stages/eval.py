@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from harness.evaluate import evaluate_model
 from harness.paths import REF
-from harness.registry import get
+from harness.judges import make_judge
 from harness.stages import StageContext
 
 
 def run(ctx: StageContext) -> dict:
     cfg = ctx.cfg
     label = "pi_ref" if ctx.iteration == REF else f"pi_{ctx.iteration}"
-    judge = get("judges", cfg.eval.judge)(model=cfg.eval.judge_model or cfg.models.reference)
+    judge = make_judge(cfg)
     summary = evaluate_model(ctx.policy, label, ctx.out, cfg, ctx.layout.judge_cache(judge.id))
     avg = summary["average"]
     return {"model": label, "languages": summary["languages"], "win_rate": avg["win_rate"],
