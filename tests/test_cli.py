@@ -36,6 +36,8 @@ def test_paper_preset_dry_run_prints_plan_without_models(tmp_path):
     text = " ".join(r.stderr.split())
     assert "iter_1/sample" in text and "iter_2/train" in text and "iter_0/train" not in text
     assert "5000 prompts x n=10 = 50000 samples" in text and "120,000,000 new tokens" in text
+    assert "iter_ref/eval" in text and "4025 X-AlpacaEval answers" in text
+    assert "weighted_alpaca_eval_gpt4_turbo_multilingual judgements, LC official" in text
     assert "dry run: nothing was loaded or written" in text
     assert not (tmp_path / "paper").exists()
 
