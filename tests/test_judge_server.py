@@ -104,12 +104,13 @@ def test_api_judge_agrees_with_local_logprob_judge(server, tmp_path, monkeypatch
 
 
 def test_stopped_server_loses_no_annotation_and_rerun_repeats_none(server, tmp_path):
-    env = {"OPENAI_API_KEY": "EMPTY", "COLUMNS": "200"}
+    secret = "sk-harness-" + "5" * 30  # vLLM accepts any key; it must never reach a file the harness writes
+    env = {"OPENAI_API_KEY": secret, "COLUMNS": "200"}
     args = ["eval", "smollm2-135m-instruct", "--languages", "en", "--limit", "24", "--max-tokens", "4",
             "--judge", "weighted_alpaca_eval_gpt4_turbo", "--judge-model", SERVED, "--judge-base-url", server.url,
             "--runs-dir", str(tmp_path), "eval.judge_concurrency=1"]
     proc = subprocess.Popen([sys.executable, "-m", "harness", *args], cwd=REPO,
-                            env=dict(os.environ, CI="1", **env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "CI": "1", **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     cache_dir = tmp_path / "eval-smollm2-135m-instruct" / "_cache" / "judge"
     deadline = time.time() + 600
@@ -133,3 +134,6 @@ def test_stopped_server_loses_no_annotation_and_rerun_repeats_none(server, tmp_p
     assert len(keys) == len(set(keys)) == 24
     r = run_cli(*args, env=env)
     assert r.returncode == 0 and "0 judge calls" in r.stderr
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert secret not in path.read_text(errors="ignore"), path
