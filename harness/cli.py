@@ -89,10 +89,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.data_dir:
         overrides.append(f"data_dir={args.data_dir}")
     cfg_path = _resolve_config(args.config)
-    cfg, raw = load_config(cfg_path, overrides)
+    cfg, _ = load_config(cfg_path, overrides)
     from harness.pipeline import Pipeline
 
-    pipe = Pipeline(cfg, raw, runs_root(args.runs_dir))
+    pipe = Pipeline(cfg, runs_root(args.runs_dir))
     tasks = pipe.plan()
     if args.force:
         pipe.apply_force(args.force)
@@ -135,9 +135,7 @@ def _plan_counts(pipe, t) -> str:
         n = len(eval_subset(ec.limit)) * len(ec.languages or pipe.cfg.languages)
         return (f"{n} X-AlpacaEval answers (<= {n * ec.max_tokens:,} tokens), {n} {ec.judge} judgements, "
                 f"LC {ec.lc_source}")
-    from harness.stages.train import train_config_for
-
-    tc = train_config_for(cfg, t.iteration)
+    tc = cfg.train_for(t.iteration)
     if t.iteration == 0:
         from harness.data import load_english_prefs
 
@@ -155,7 +153,7 @@ def _print_plan(pipe, tasks) -> None:
     from rich.table import Table
 
     from harness.ui import console
-    from harness.stages.train import check_dpo_kwargs, dpo_kwargs, train_config_for
+    from harness.stages.train import check_dpo_kwargs, dpo_kwargs
 
     cfg = pipe.cfg
     table = Table(title=f"plan: {cfg.run_name} -> {pipe.layout.root}")
@@ -169,7 +167,7 @@ def _print_plan(pipe, tasks) -> None:
                   f"strategy = {cfg.strategy}; languages = {' '.join(cfg.languages)}; iterations = {cfg.iterations}")
     try:
         for k in range(0 if pipe.given_pi0 is None else 1, cfg.iterations + 1):
-            check_dpo_kwargs(dpo_kwargs(train_config_for(cfg.for_iteration(k) if k else cfg, k), pipe.layout.root, 0))
+            check_dpo_kwargs(dpo_kwargs(cfg.train_for(k), pipe.layout.root, 0))
         console.print("trl.DPOConfig fields: ok")
     except ImportError:
         console.print("trl is not installed: the training config was not checked")

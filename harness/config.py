@@ -208,6 +208,15 @@ class RunConfig:
         merged = _deep_merge(data, over)
         return from_dict(merged, where=f"per_iteration.{k}")
 
+    def train_for(self, k: int) -> TrainConfig:
+        """The train settings of iteration k (stage 0: `train` with the `stage0.train` overrides)."""
+        if k == 0:
+            if not self.stage0.train:
+                return self.train
+            return _build(TrainConfig, _deep_merge(to_dict(self.train), self.stage0.train), None,
+                          prefix="stage0.train.")
+        return self.for_iteration(k).train
+
     def validate(self, where: str | None = None) -> None:
         from harness.registry import REGISTRY
 
@@ -246,6 +255,10 @@ class RunConfig:
                         ("train.batch_size", self.train.batch_size)):
             if v < 1:
                 raise HarnessError(f"{name} must be >= 1, got {v}", where)
+        try:
+            self.train_for(0)
+        except HarnessError as e:
+            raise HarnessError(e.message, where) from None
         if self.sample.n < 2:
             raise HarnessError("sample.n must be >= 2 to build preference pairs", where)
         for k in self.per_iteration:

@@ -64,9 +64,8 @@ def package_versions() -> dict:
 
 
 class Pipeline:
-    def __init__(self, cfg: RunConfig, raw: dict, runs_dir: Path):
+    def __init__(self, cfg: RunConfig, runs_dir: Path):
         self.cfg = cfg
-        self.raw = raw
         self.layout = RunLayout(Path(runs_dir) / cfg.run_name)
         self.reference = resolve_model(cfg.models.reference, where="models.reference")
         self.given_pi0 = resolve_model(cfg.models.policy, where="models.policy") if cfg.models.policy else None
@@ -90,10 +89,9 @@ class Pipeline:
             return self.given_pi0.identity()
         return {"trained_by": tasks[(k, "train")].hash}
 
-    def reward_reference(self, k: int) -> tuple[ModelSpec, dict, str]:
-        if self.cfg.reward.reference == "previous" and k >= 2:
-            return self.model(k - 2), {}, f"pi_{k - 2}"
-        return self.reference, self.reference.identity(), "pi_ref"
+    def reward_reference(self, k: int) -> int:
+        """Which model is the reward reference at iteration k: REF (pi_ref), or k-2 (pi_{t-1}) when asked."""
+        return k - 2 if self.cfg.reward.reference == "previous" and k >= 2 else REF
 
     def prompt_fingerprint(self) -> str:
         if self._prompt_fp is None:
@@ -120,20 +118,17 @@ class Pipeline:
 
         if self.given_pi0 is None:
             from harness.data import load_english_prefs
-            from harness.stages.train import train_config_for
 
             _, fp = load_english_prefs(cfg.stage0.dataset, cfg.stage0.limit)
-            add(0, "train", {"model": self.reference.identity(), "data": fp,
-                             "train": to_dict(train_config_for(cfg, 0)), "seed": cfg.seed})
+            add(0, "train", {"model": self.reference.identity(), "data": fp, "train": to_dict(cfg.train_for(0)),
+                             "seed": cfg.seed})
         prompts_fp = self.prompt_fingerprint()
         for k in range(1, cfg.iterations + 1):
             ck = cfg.for_iteration(k)
             policy = self.model_identity(k - 1, tasks)
             add(k, "sample", {"model": policy, "prompts": prompts_fp, "languages": ck.languages,
                               "sample": to_dict(ck.sample), "backend": ck.backend.sample, "seed": ck.seed})
-            ref_spec, ref_id, _ = self.reward_reference(k)
-            if not ref_id:
-                ref_id = self.model_identity(k - 2, tasks)
+            ref_id = self.model_identity(self.reward_reference(k), tasks)
             add(k, "reward", {"upstream": tasks[(k, "sample")].hash, "policy": policy, "reference": ref_id,
                               "strategy": ck.strategy, "reward": {**to_dict(ck.reward), "chunk": None},
                               "backend": ck.backend.score})
@@ -225,7 +220,7 @@ class Pipeline:
             policy, ref = self.reference, self.reference
         else:
             policy = self.model(t.iteration - 1)
-            ref = self.reward_reference(t.iteration)[0]
+            ref = self.model(self.reward_reference(t.iteration))
         return StageContext(ck, self.layout, t.iteration, t.stage, out, policy, ref, t.hash)
 
     def execute(self, t: Task) -> None:
@@ -253,9 +248,9 @@ class Pipeline:
 
     def _run_stage(self, t: Task, out: Path) -> dict:
         if t.stage == "train":
-            from harness.stages.train import launch_command, train_config_for, uses_accelerate
+            from harness.stages.train import launch_command, uses_accelerate
 
-            tc = train_config_for(self.cfg.for_iteration(t.iteration) if t.iteration else self.cfg, t.iteration)
+            tc = self.cfg.train_for(t.iteration)
             if uses_accelerate(tc):
                 cmd = launch_command(tc, self.layout.root, t.iteration)
                 log.info("launching: %s", " ".join(cmd))
@@ -280,8 +275,8 @@ class Pipeline:
 def run_stage_in_process(run_dir: str, iteration: int, stage: str) -> None:
     """Run one stage of an existing run into its .partial folder (the accelerate / subprocess entry point)."""
     layout = RunLayout(Path(run_dir))
-    cfg, raw = load_config(layout.config_yaml)
-    pipe = Pipeline(cfg, raw, layout.root.parent)
+    cfg, _ = load_config(layout.config_yaml)
+    pipe = Pipeline(cfg, layout.root.parent)
     task = next((t for t in pipe.plan() if t.iteration == iteration and t.stage == stage), None)
     if task is None:
         raise HarnessError(f"no stage iter_{iteration}/{stage} in this run", layout.config_yaml)

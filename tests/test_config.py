@@ -33,6 +33,7 @@ def test_per_iteration_settings():
     ("sample.n=abc", "must be an integer"),
     ("reward.reference=pi_0", "reward.reference must be one of"),
     ("per_iteration={7: {pairs: {upper_bound: 1}}}", "per_iteration key '7'"),
+    ("stage0.train={bta: 1}", "unknown config key 'stage0.train.bta'; did you mean 'stage0.train.beta'"),
 ])
 def test_bad_config_is_one_clear_line(override, msg):
     with pytest.raises(HarnessError) as e:

@@ -20,18 +20,12 @@ import sys
 import time
 from pathlib import Path
 
-from harness.config import RunConfig, TrainConfig, _deep_merge, _build, to_dict
+from harness.config import TrainConfig
 from harness.errors import HarnessError
 from harness.io import atomic_write_json, read_jsonl
 from harness.stages import StageContext
 
 log = logging.getLogger(__name__)
-
-
-def train_config_for(cfg: RunConfig, iteration: int) -> TrainConfig:
-    if iteration == 0 and cfg.stage0.train:
-        return _build(TrainConfig, _deep_merge(to_dict(cfg.train), cfg.stage0.train), None, prefix="stage0.train.")
-    return cfg.train
 
 
 def uses_accelerate(tc: TrainConfig) -> bool:
@@ -100,7 +94,7 @@ def run(ctx: StageContext) -> dict:
     from harness.models import CHAT_TEMPLATES
     from harness.ui import progress
 
-    tc = train_config_for(ctx.cfg, ctx.iteration)
+    tc = ctx.cfg.train_for(ctx.iteration)
     torch.set_num_threads(ctx.cfg.backend.threads or available_cores())
     spec = ctx.policy
     path = spec.local_path()
