@@ -83,9 +83,6 @@ class Backend:
         r = self.tokenizer(response + self.eot, add_special_tokens=False)["input_ids"]
         return p + r, len(p)
 
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
     # -- interface -------------------------------------------------------------------------------------------------
     def generate(self, prompts: Sequence[str], *, n: int, temperature: float, top_p: float, max_tokens: int,
                  seeds: Sequence[int], repetition_penalty: float = 1.0) -> list[list[Completion]]:

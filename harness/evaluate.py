@@ -22,14 +22,14 @@ from harness.backends import derive_seed, load_backend
 from harness.config import RunConfig
 from harness.data import eval_subset, load_reference_outputs, load_xalpaca_instructions
 from harness.errors import HarnessError
-from harness.io import JsonlAppender, atomic_write_json, read_json, stable_hash
+from harness.io import JsonlAppender, atomic_write_json, atomic_write_text, read_json, stable_hash
 from harness.models import ModelSpec, resolve_model
 from harness.ui import progress
 
 MAX_UNPARSED = 0.5  # share of judge replies that may fail to parse before the evaluation stops
 
 
-def _generate(be, spec_label: str, rows: list[dict], path: Path, cfg: RunConfig, lang: str, bar, task) -> list[str]:
+def _generate(be, rows: list[dict], path: Path, cfg: RunConfig, lang: str, bar, task) -> list[str]:
     """Outputs for ``rows`` (X-AlpacaEval rows), resumable per chunk in ``path`` (JSONL)."""
     ec = cfg.eval
     app = JsonlAppender(path)
@@ -64,18 +64,17 @@ def generate_outputs(spec: ModelSpec, label: str, out: Path, cfg: RunConfig, lan
             todo.append(lang)
     if not todo:
         return paths
-    data = {lang: [r for r in load_xalpaca_instructions(lang, cfg.data_dir) if r["id"] in set(ids)] for lang in todo}
+    wanted = set(ids)
+    data = {lang: [r for r in load_xalpaca_instructions(lang, cfg.data_dir) if r["id"] in wanted] for lang in todo}
     with load_backend(ec.backend or cfg.backend.sample, spec, threads=cfg.backend.threads,
                       **cfg.backend.options) as be, progress() as bar:
         for lang in todo:
             task = bar.add_task(f"eval {label} {lang}: generate", total=len(data[lang]))
             gen_path = out / lang / (file_name.replace(".json", "") + ".generations.jsonl")
-            outputs = _generate(be, label, data[lang], gen_path, cfg, lang, bar, task)
+            outputs = _generate(be, data[lang], gen_path, cfg, lang, bar, task)
             atomic_write_json(paths[lang], [{"instruction": r["instruction"], "output": o, "generator": label,
                                              "dataset": r["dataset"], "id": r["id"]}
                                             for r, o in zip(data[lang], outputs)])
-            from harness.io import atomic_write_text
-
             atomic_write_text(out / lang / (file_name + ".hash"), key + "\n")
     return paths
 

@@ -13,7 +13,6 @@ import gzip
 import hashlib
 import json
 import logging
-import math
 import os
 import tempfile
 from pathlib import Path
@@ -162,8 +161,3 @@ def file_hash(path: str | Path, n: int = 16) -> str:
             h.update(chunk)
     return h.hexdigest()[:n]
 
-
-def check_finite(value: float, what: str, path: str | Path | None = None, row: int | None = None) -> float:
-    if value is None or not math.isfinite(value):
-        raise HarnessError(f"{what} is not finite ({value})", path, row)
-    return value

@@ -7,7 +7,6 @@ downstream, nothing else). A stage is built in ``<stage>.partial/`` and renamed 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform

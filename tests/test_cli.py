@@ -1,6 +1,5 @@
 """The command line, in subprocesses, as a user runs it."""
 
-import json
 import subprocess
 import sys
 

@@ -1,6 +1,5 @@
 """The loop end to end on the real SmolLM2 model: artifacts, skip/resume, SIGKILL mid-stage, changed settings."""
 
-import json
 import os
 import signal
 import subprocess

@@ -42,61 +42,64 @@ def run(ctx: StageContext) -> dict:
             raise HarnessError(f"empty response set for {r.get('lang')}/{r.get('id')}", samples_path, i)
     opts = dict(threads=cfg.backend.threads, dtype=rc.dtype, **cfg.backend.options)
 
-    def passes(model, name: str, with_translation: bool):
-        trans = JsonlAppender(ctx.out / "translations.jsonl") if with_translation else None
+    keys = [(r["lang"], r["id"]) for r in rows]
+
+    def key_of(r: dict) -> tuple[str, str]:
+        return r["lang"], r["id"]
+
+    def translations() -> dict:
+        """The policy's English self-translations (translate_en), as written by the translation pass."""
+        if not strategy.translate:
+            return {}
+        return {key_of(r): r["translations"] for r in read_jsonl(ctx.out / "translations.jsonl")}
+
+    def passes(model, name: str, translate: bool) -> None:
+        """Resumable passes with one loaded model: translate (translate_en, policy only), then score."""
+        trans = JsonlAppender(ctx.out / "translations.jsonl") if translate else None
         scores = JsonlAppender(ctx.out / f"{name}_logps.jsonl")
-        keys = [(r["lang"], r["id"]) for r in rows]
-        key_of = lambda r: (r["lang"], r["id"])  # noqa: E731
         t_todo = trans.pending_chunks(keys, rc.chunk, key_of) if trans else []
         s_todo = scores.pending_chunks(keys, rc.chunk, key_of)
-        if not t_todo and not s_todo:
-            scores.close()
-            if trans:
-                trans.close()
-            return
-        translations = ({(r["lang"], r["id"]): r["translations"] for r in read_jsonl(ctx.out / "translations.jsonl")}
-                        if strategy.translate and not trans else
-                        {(r["lang"], r["id"]): r["translations"] for r in trans.rows} if trans else {})
-        with load_backend(cfg.backend.score, model, **opts) as be, progress() as bar:
-            if t_todo:
-                t = bar.add_task(f"iter {ctx.iteration} translate", total=sum(map(len, t_todo)))
-                for positions in t_todo:
-                    chunk = [rows[j] for j in positions]
-                    flat = [x["text"] for r in chunk for x in r["responses"]]
-                    prompts = [be.format_prompt(TranslateToEnglish.translation_instruction(y)) + TRANS_PRIMER
-                               for y in flat]
-                    outs = be.generate(prompts, n=1, temperature=0.0, top_p=1.0, max_tokens=rc.translate_max_tokens,
-                                       seeds=[0] * len(prompts))
-                    texts = iter(extract_translation(TRANS_PRIMER + o[0].text) for o in outs)
-                    new = [{"lang": r["lang"], "id": r["id"], "translations": [next(texts) for _ in r["responses"]]}
-                           for r in chunk]
-                    trans.append(new)
-                    translations.update({(n["lang"], n["id"]): n["translations"] for n in new})
-                    bar.advance(t, len(chunk))
-            if s_todo:
-                t = bar.add_task(f"iter {ctx.iteration} score {name}", total=sum(map(len, s_todo)))
-                for positions in s_todo:
-                    chunk = [rows[j] for j in positions]
-                    prompts, texts = [], []
-                    for r in chunk:
-                        instr = be.format_prompt(strategy.reward_instruction(r["lang"], r["prompt"], r["prompt_en"]))
-                        scored = (translations[(r["lang"], r["id"])] if strategy.translate
-                                  else [x["text"] for x in r["responses"]])
-                        prompts += [instr] * len(scored)
-                        texts += scored
-                    lps = iter(be.score(prompts, texts))
-                    new = []
-                    for r in chunk:
-                        sums = [_sum(next(lps), rc.logprob_mode) for _ in r["responses"]]
-                        for j, (v, _) in enumerate(sums):
-                            if not math.isfinite(v):
-                                raise HarnessError(f"{name} model {model.name} gave a log-prob of {v} for response "
-                                                   f"{j} of {r['lang']}/{r['id']}", samples_path,
-                                                   rows.index(r) + 1)
-                        new.append({"lang": r["lang"], "id": r["id"], "logps": [s for s, _ in sums],
-                                    "scored_tokens": [n for _, n in sums]})
-                    scores.append(new)
-                    bar.advance(t, len(chunk))
+        if t_todo or s_todo:
+            with load_backend(cfg.backend.score, model, **opts) as be, progress() as bar:
+                if t_todo:
+                    t = bar.add_task(f"iter {ctx.iteration} translate", total=sum(map(len, t_todo)))
+                    for positions in t_todo:
+                        chunk = [rows[j] for j in positions]
+                        flat = [x["text"] for r in chunk for x in r["responses"]]
+                        prompts = [be.format_prompt(TranslateToEnglish.translation_instruction(y)) + TRANS_PRIMER
+                                   for y in flat]
+                        outs = be.generate(prompts, n=1, temperature=0.0, top_p=1.0,
+                                           max_tokens=rc.translate_max_tokens, seeds=[0] * len(prompts))
+                        texts = iter(extract_translation(TRANS_PRIMER + o[0].text) for o in outs)
+                        trans.append({"lang": r["lang"], "id": r["id"],
+                                      "translations": [next(texts) for _ in r["responses"]]} for r in chunk)
+                        bar.advance(t, len(chunk))
+                    trans.close()
+                scored_texts = translations()
+                if s_todo:
+                    t = bar.add_task(f"iter {ctx.iteration} score {name}", total=sum(map(len, s_todo)))
+                    for positions in s_todo:
+                        chunk = [rows[j] for j in positions]
+                        prompts, texts = [], []
+                        for r in chunk:
+                            instr = be.format_prompt(strategy.reward_instruction(r["lang"], r["prompt"],
+                                                                                 r["prompt_en"]))
+                            scored = scored_texts[key_of(r)] if strategy.translate else [x["text"] for x in
+                                                                                         r["responses"]]
+                            prompts += [instr] * len(scored)
+                            texts += scored
+                        lps = iter(be.score(prompts, texts))
+                        new = []
+                        for j, r in zip(positions, chunk):
+                            sums = [_sum(next(lps), rc.logprob_mode) for _ in r["responses"]]
+                            for k, (v, _) in enumerate(sums):
+                                if not math.isfinite(v):
+                                    raise HarnessError(f"{name} model {model.name} gave a log-prob of {v} for "
+                                                       f"response {k} of {r['lang']}/{r['id']}", samples_path, j + 1)
+                            new.append({"lang": r["lang"], "id": r["id"], "logps": [s for s, _ in sums],
+                                        "scored_tokens": [n for _, n in sums]})
+                        scores.append(new)
+                        bar.advance(t, len(chunk))
         scores.close()
         if trans:
             trans.close()
@@ -106,8 +109,7 @@ def run(ctx: StageContext) -> dict:
 
     pol = {(r["lang"], r["id"]): r for r in read_jsonl(ctx.out / "policy_logps.jsonl")}
     ref = {(r["lang"], r["id"]): r for r in read_jsonl(ctx.out / "ref_logps.jsonl")}
-    trans = ({(r["lang"], r["id"]): r["translations"] for r in read_jsonl(ctx.out / "translations.jsonl")}
-             if strategy.translate else {})
+    trans = translations()
     out_rows = []
     for i, r in enumerate(rows, start=1):
         key = (r["lang"], r["id"])
