@@ -50,6 +50,23 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeou
                           cwd=cwd or REPO, timeout=timeout)
 
 
+def wait_for_lines(proc: subprocess.Popen, where: Path, n: int, timeout: float) -> Path:
+    """Poll until ``where`` (a JSONL file, or the first *.jsonl in a folder) has ``n`` lines while ``proc`` still
+    runs: the moment to interrupt it mid-stage. Fails if the process ends first or the time runs out."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        files = [where] if where.suffix == ".jsonl" else (sorted(where.glob("*.jsonl")) if where.exists() else [])
+        if files and files[0].exists() and files[0].read_text().count("\n") >= n:
+            return files[0]
+        if proc.poll() is not None:
+            err = proc.stderr.read()[-2000:] if proc.stderr else ""
+            pytest.fail(f"the process finished before it could be interrupted {err}")
+        time.sleep(0.02)
+    pytest.fail(f"{where} did not reach {n} lines in {timeout} s")
+
+
 TINY = """
 run_name: tiny
 seed: 7

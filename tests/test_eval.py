@@ -5,11 +5,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, wait_for_lines
 from harness.io import read_json
 from harness.judges import AnnotationCache, Judge
 
@@ -91,22 +90,15 @@ def test_killed_evaluation_resumes_without_repeating_judged_pairs(tmp_path):
             "--max-tokens", "8", "--runs-dir", str(tmp_path)]
     proc = subprocess.Popen(args, cwd=REPO, env=dict(os.environ, CI="1"), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
-    cache = tmp_path / "eval-smollm2-135m-instruct" / "_cache" / "judge"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        files = list(cache.glob("*.jsonl")) if cache.exists() else []
-        if files and files[0].read_text().count("\n") >= 1:
-            break
-        assert proc.poll() is None, "the evaluation finished before it could be killed"
-        time.sleep(0.05)
+    cache = wait_for_lines(proc, tmp_path / "eval-smollm2-135m-instruct" / "_cache" / "judge", 1, 300)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    done_before = files[0].read_text().count("\n")
+    done_before = cache.read_text().count("\n")
     assert 1 <= done_before < 10
     r = run_cli(*args[3:])
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"{10 - done_before} judge calls" in r.stderr
-    keys = [json.loads(x)["key"] for x in files[0].read_text().splitlines()]
+    keys = [json.loads(x)["key"] for x in cache.read_text().splitlines()]
     assert len(keys) == len(set(keys)) == 10
 
 

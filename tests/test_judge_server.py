@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, wait_for_lines
 
 pytestmark = [pytest.mark.model, pytest.mark.vllm]
 
@@ -112,25 +112,18 @@ def test_stopped_server_loses_no_annotation_and_rerun_repeats_none(server, tmp_p
     proc = subprocess.Popen([sys.executable, "-m", "harness", *args], cwd=REPO,
                             env={**os.environ, "CI": "1", **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
-    cache_dir = tmp_path / "eval-smollm2-135m-instruct" / "_cache" / "judge"
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        files = list(cache_dir.glob("*.jsonl")) if cache_dir.exists() else []
-        if files and files[0].read_text().count("\n") >= 4:
-            break
-        assert proc.poll() is None, proc.stderr.read()[-2000:]
-        time.sleep(0.05)
+    cache = wait_for_lines(proc, tmp_path / "eval-smollm2-135m-instruct" / "_cache" / "judge", 4, 600)
     server.stop()  # the judge's server goes away mid-run
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 2, err[-2000:]
     assert "completed judgements are cached, rerun to resume" in err
-    done = files[0].read_text().count("\n")
+    done = cache.read_text().count("\n")
     assert 4 <= done < 24
     server.start()
     r = run_cli(*args, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"{24 - done} judge calls" in r.stderr
-    keys = [json.loads(x)["key"] for x in files[0].read_text().splitlines()]
+    keys = [json.loads(x)["key"] for x in cache.read_text().splitlines()]
     assert len(keys) == len(set(keys)) == 24
     r = run_cli(*args, env=env)
     assert r.returncode == 0 and "0 judge calls" in r.stderr

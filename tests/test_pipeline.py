@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, wait_for_lines
 from harness.io import read_json, read_jsonl
 
 pytestmark = pytest.mark.model
@@ -100,14 +100,7 @@ def test_sigkill_mid_stage_then_rerun_gives_identical_pairs_and_weights(finished
     env = dict(os.environ, CI="1")
     proc = subprocess.Popen([sys.executable, "-m", "harness", "run", str(cfg), "--runs-dir", str(root)], cwd=REPO,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    target = root / "tiny/iter_1/reward.partial/policy_logps.jsonl"
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        if target.exists() and target.read_text().count("\n") >= 2:
-            break
-        if proc.poll() is not None:
-            pytest.fail("the run finished before it could be killed")
-        time.sleep(0.02)
+    wait_for_lines(proc, root / "tiny/iter_1/reward.partial/policy_logps.jsonl", 2, 600)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     run = root / "tiny"
