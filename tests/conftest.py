@@ -90,3 +90,16 @@ def tiny_config(tmp_path):
         return p
 
     return make
+
+
+def assert_one_line_error(r: subprocess.CompletedProcess, *must: str) -> str:
+    """The bad-input contract: exit 2, exactly one non-empty line on stderr (``harness: error: ...``) that contains
+    every string in ``must`` (the offending file, key or row), and no traceback anywhere."""
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2, f"exit {r.returncode}\n{r.stderr[-3000:]}"
+    assert "Traceback" not in r.stderr + r.stdout, r.stderr[-3000:]
+    assert len(lines) == 1, "expected one line on stderr, got:\n" + r.stderr[-3000:]
+    assert lines[0].startswith("harness: error: "), lines[0]
+    for m in must:
+        assert m in lines[0], f"{m!r} not in: {lines[0]}"
+    return lines[0]
