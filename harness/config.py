@@ -174,6 +174,8 @@ class EvalConfig:
     """Per-language reference where the default has none (ar it ja ko): {lang: MODEL or model_outputs.json}."""
     lc_source: str = "estimated"
     """official (AlpacaEval's df_gamed.csv), estimated (shipped, offline) or minimal."""
+    df_gamed: str | None = None
+    """lc_source official: a local copy of AlpacaEval's df_gamed.csv (default: the Hugging Face cache or a download)."""
 
 
 @dataclass
