@@ -555,8 +555,11 @@ def fit_joint_glm(pool: pd.DataFrame, fixed_slopes: dict[str, float] | None = No
         return value, np.concatenate([np.bincount(m, g, n_m) + L2_MODEL * a, grad_b,
                                       np.bincount(i, g, n_i) + L2_DIFFICULTY * d])
 
+    # run to the optimum (ftol 0: stop only when no step reduces the loss; the penalised loss is strictly convex, so
+    # the optimum is unique): difficulties then agree across CPUs and BLAS to ~1e-5 instead of depending on where
+    # the default tolerance happens to stop, which left them ~0.02 apart
     res = minimize(loss, np.zeros(2 * n_m + n_i), jac=True, method="L-BFGS-B",
-                   options={"maxiter": 20000, "maxfun": 40000})
+                   options={"maxiter": 20000, "maxfun": 40000, "ftol": 0.0, "gtol": 1e-8})
     if not res.success:
         log.warning("joint difficulty fit: %s", res.message)
     a, b = res.x[:n_m], np.where(is_fixed, b_fixed, res.x[n_m:2 * n_m])
@@ -636,7 +639,7 @@ def rebuild_estimated_presets(data_dir: str | Path | None = None, out_dir: str |
         "files": [ESTIMATED_DIFFICULTY_CSV.name, ESTIMATED_GAMED_CSV.name],
         "method": [
             "joint soft-label logistic GLM over all models' annotations: logit = a_m + b_m*tanh(std_delta_len) + "
-            f"d_i (scipy L-BFGS-B, L2 {L2_DIFFICULTY} on d_i, {L2_MODEL} on a_m and free b_m); "
+            f"d_i (scipy L-BFGS-B run to the optimum, L2 {L2_DIFFICULTY} on d_i, {L2_MODEL} on a_m and free b_m); "
             "std_delta_len = (len_1 - len_2) / std per model; label = preference - 1 (0 -> draw)",
             "b_m fixed to the published AlpacaEval GLM slope (np.tanh(std_delta_len) weight) for models that have "
             "one; instruction_difficulty = d_i",

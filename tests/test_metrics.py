@@ -22,7 +22,17 @@ from harness import metrics as M
 from harness.errors import HarnessError
 
 ANN = "alpacaeval2-annotations"
-MAX_HELD_OUT_MAE = 1.5
+# Held-out LC (estimated source) vs the official LC, per split, as the README documents it: mean abs error
+# 0.29-0.62 (upstream positional index), max 1.3-2.6, Spearman >= 0.995. The bounds sit just above the documented
+# figures, so a 2x regression fails (on the mean over the splits, measured 0.41, at least).
+MAX_HELD_OUT_MAE = 0.7
+MAX_HELD_OUT_MEAN_MAE = 0.5  # over the 4 splits
+MAX_HELD_OUT_MAX = 3.0
+MIN_HELD_OUT_SPEARMAN = 0.99
+# With the true index the 5 short files differ from their published LC by construction (up to ~3 points: AlpacaEval
+# used the row position), so that comparison is looser: measured 0.52-0.87.
+MAX_HELD_OUT_MAE_TRUE_INDEX = 1.0
+MAX_IN_SAMPLE_MAE = 0.35  # the shipped difficulty, fitted on all models: measured 0.24
 
 
 @pytest.fixture(scope="module")
@@ -128,16 +138,52 @@ def test_lc_estimated_held_out(prefs, leaderboard, ann_dir):
         print(_line(f"LC estimated, held out, split {name} (upstream positional index)", e_up))
         print(_line(f"LC estimated, held out, split {name} (true index for the 5 short files)", e_true))
         maes[name] = (e_up["mae"], e_true["mae"])
-        assert e_up["mae"] <= MAX_HELD_OUT_MAE and e_true["mae"] <= MAX_HELD_OUT_MAE, name
-        assert e_up["spearman"] > 0.98, name
-    print(f"LC estimated, held out: mean abs err over the {len(splits)} splits "
-          f"{np.mean([m[0] for m in maes.values()]):.3f} (upstream index), "
-          f"{np.mean([m[1] for m in maes.values()]):.3f} (true index)")
+        assert e_up["mae"] <= MAX_HELD_OUT_MAE and e_true["mae"] <= MAX_HELD_OUT_MAE_TRUE_INDEX, name
+        assert e_up["max"] <= MAX_HELD_OUT_MAX and e_up["spearman"] >= MIN_HELD_OUT_SPEARMAN, name
+    mean_up, mean_true = np.mean([m[0] for m in maes.values()]), np.mean([m[1] for m in maes.values()])
+    print(f"LC estimated, held out: mean abs err over the {len(splits)} splits {mean_up:.3f} (upstream index), "
+          f"{mean_true:.3f} (true index)")
+    assert mean_up <= MAX_HELD_OUT_MEAN_MAE
 
+
+def _alpaca_eval_records(rows: pd.DataFrame) -> list[dict]:
+    """AlpacaEval annotation records for rows of the compact CSV (outputs of the recorded lengths; as in AlpacaEval's
+    files, no index column)."""
+    return [{"instruction": f"i{r.index}", "output_1": "x" * int(r.len_1), "output_2": "y" * int(r.len_2),
+             "generator_1": r.generator_1, "generator_2": r.generator, "annotator": r.annotator,
+             "preference": r.preference} for r in rows.itertuples()]
+
+
+def test_lc_minimal_is_alpaca_evals_length_controlled_minimal(prefs, leaderboard, monkeypatch):
+    """--lc-source minimal is AlpacaEval's own length_controlled_minimal GLM (no difficulty, no gamed rows): equal
+    to get_length_controlled_winrate(glm_name="length_controlled_minimal") on models of every strength, including
+    a file with missing rows; over the 38 leaderboard models it is far from the official LC (pinned)."""
+    import alpaca_eval.metrics.glm_winrate as glm
+
+    monkeypatch.setattr(glm, "hf_hub_download", lambda **kw: str(M.ESTIMATED_GAMED_CSV))  # read, then unused
     minimal = M.lc_inputs("minimal")
-    e_min = _errors(pd.Series({rd: M.length_controlled_winrate(prefs[prefs.results_dir == rd], minimal)
-                               ["length_controlled_winrate"] for rd in scored}), official)
-    print(_line("LC minimal (no difficulty, no gamed rows)", e_min))
+    assert minimal.difficulty is None and minimal.gamed is None
+    for rd in ("NullModel", "alpaca-7b", "phi-2", "claude-2", "gpt4_gamed"):
+        rows = prefs[prefs["results_dir"] == rd]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            theirs = glm.get_length_controlled_winrate(pd.DataFrame(_alpaca_eval_records(rows)),
+                                                       glm_name="length_controlled_minimal", save_weights_dir=None,
+                                                       is_warn_extreme_changes=False)
+        ours = M.length_controlled_winrate(rows, minimal)
+        assert ours["lc_source"] == "minimal" and set(ours["glm_weights"]) == {
+            "np.tanh(std_delta_len)", "not_gamed_baseline.astype(float)"}, rd
+        assert ours["length_controlled_winrate"] == pytest.approx(theirs["length_controlled_winrate"], abs=1e-9), rd
+        assert ours["lc_standard_error"] == pytest.approx(theirs["lc_standard_error"], abs=1e-9), rd
+    official = leaderboard["length_controlled_winrate"]
+    scored = sorted(m for m in set(prefs["results_dir"]) if m != "gpt4_1106_preview"
+                    and np.isfinite(official.get(m, np.nan)))
+    e = _errors(pd.Series({rd: M.length_controlled_winrate(prefs[prefs.results_dir == rd], minimal)
+                           ["length_controlled_winrate"] for rd in scored}), official)
+    print("\n" + _line("LC minimal (no difficulty, no gamed rows)", e))
+    assert e["n"] == 38
+    assert e["mae"] == pytest.approx(6.418, abs=0.01) and e["worst"] == "gpt4_gamed"
+    assert e["max"] == pytest.approx(27.045, abs=0.01) and e["spearman"] == pytest.approx(0.9311, abs=1e-3)
 
 
 def test_lc_shipped_presets_in_sample(prefs, leaderboard):
@@ -150,7 +196,7 @@ def test_lc_shipped_presets_in_sample(prefs, leaderboard):
     assert result.loc["gpt4_1106_preview", "length_controlled_winrate"] == 50.0
     e = _errors(result["length_controlled_winrate"].drop("gpt4_1106_preview"), official)
     print("\n" + _line("LC estimated, shipped presets (in-sample, upstream index)", e))
-    assert e["mae"] < MAX_HELD_OUT_MAE
+    assert e["mae"] < MAX_IN_SAMPLE_MAE
 
 
 def test_official_code_path_matches_alpaca_eval(ann_dir, monkeypatch, tmp_path):
@@ -269,7 +315,17 @@ def test_malformed_csv(tmp_path):
 
 
 # -- shipped files -------------------------------------------------------------------------------------------------
-def test_shipped_difficulty_file(ann_dir, tmp_path):
+# Difficulties are identified only up to a shift (a common offset moves into the per-model biases), so the
+# rebuilt and shipped values are compared after removing their means. The joint fit runs to its unique optimum: two
+# different optimizer settings agree within 6e-6 there, while the default L-BFGS-B stopping point was 0.016 away
+# (and moved with the CPU/BLAS by ~0.004). 1e-3 is far above cross-machine rounding and far below a fit that stopped
+# early. What matters downstream is the LC a difficulty yields: within 0.01 points on models of every strength.
+REBUILD_DIFFICULTY_TOL = 1e-3
+REBUILD_LC_TOL = 0.01  # LC points
+REBUILD_LC_MODELS = ["NullModel", "alpaca-7b", "phi-2", "claude-2", "gpt4_0613_concise", "gpt-3.5-turbo-1106_verbose"]
+
+
+def test_shipped_difficulty_file(ann_dir, prefs, tmp_path):
     diff = M.read_difficulty_csv()
     assert len(diff) == 805 and np.isfinite(diff.to_numpy()).all() and list(diff.index) == list(range(805))
     gamed = M.read_gamed_csv(M.ESTIMATED_GAMED_CSV)
@@ -280,12 +336,28 @@ def test_shipped_difficulty_file(ann_dir, tmp_path):
 
     assert meta["sources"][0]["sha256"] == file_hash(ann_dir / "preferences.csv.gz", 64)
     assert {"method", "models", "date", "rebuild"} <= set(meta)
-    # the shipped files are what rebuild_estimated_presets makes from the shared data
+    # the shipped files are what rebuild_estimated_presets makes from the shared data (up to a shift, see above)
     M.rebuild_estimated_presets(ann_dir.parent, out_dir=tmp_path)
     rebuilt = M.read_difficulty_csv(tmp_path / M.ESTIMATED_DIFFICULTY_CSV.name)
-    assert np.abs(rebuilt.to_numpy() - diff.to_numpy()).max() < 1e-6
+    delta = rebuilt.to_numpy() - diff.to_numpy()
+    print(f"\nrebuilt vs shipped difficulty: mean shift {delta.mean():.2e}, "
+          f"max |diff| after removing it {np.abs(delta - delta.mean()).max():.2e}")
+    assert np.abs(delta - delta.mean()).max() < REBUILD_DIFFICULTY_TOL
     rg = M.read_gamed_csv(tmp_path / M.ESTIMATED_GAMED_CSV.name)
-    assert np.abs(rg["preference"].to_numpy() - gamed["preference"].to_numpy()).max() < 1e-6
+    assert (rg["index"].to_numpy() == gamed["index"].to_numpy()).all()
+    # gamed preferences are sigmoid(s*t + d): a shift c of d moves them by at most c/4
+    assert np.abs(rg["preference"].to_numpy() - gamed["preference"].to_numpy()).max() < \
+        REBUILD_DIFFICULTY_TOL + abs(delta.mean()) / 4
+    shipped_inputs = M.lc_inputs("estimated")
+    rebuilt_inputs = M.LCInputs("estimated", "length_controlled_v1", rebuilt, rg)
+    assert set(REBUILD_LC_MODELS) <= set(prefs["results_dir"])
+    lc_diff = {}
+    for rd in REBUILD_LC_MODELS:
+        rows = prefs[prefs["results_dir"] == rd]
+        lc_diff[rd] = abs(M.length_controlled_winrate(rows, rebuilt_inputs)["length_controlled_winrate"]
+                          - M.length_controlled_winrate(rows, shipped_inputs)["length_controlled_winrate"])
+    print(f"rebuilt vs shipped LC: max |diff| {max(lc_diff.values()):.2e} points over {len(lc_diff)} models")
+    assert max(lc_diff.values()) < REBUILD_LC_TOL, lc_diff
 
 
 def test_build_estimated_difficulty_models_subset(prefs):
