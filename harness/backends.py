@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from harness.errors import HarnessError
-from harness.models import CHAT_TEMPLATES, ModelSpec
+from harness.models import ModelSpec, format_prompt
 from harness.registry import register
 
 log = logging.getLogger(__name__)
@@ -69,13 +69,7 @@ class Backend:
     # -- prompts ---------------------------------------------------------------------------------------------------
     def format_prompt(self, instruction: str) -> str:
         """The chat-formatted prompt T(instruction) that ends where the assistant's answer begins."""
-        if self.spec.chat_template == "tokenizer":
-            return self.tokenizer.apply_chat_template([{"role": "user", "content": instruction}],
-                                                      add_generation_prompt=True, tokenize=False)
-        if self.spec.chat_template in CHAT_TEMPLATES:
-            return CHAT_TEMPLATES[self.spec.chat_template].format(instruction=instruction)
-        raise HarnessError(f"model '{self.spec.name}': unknown chat_template '{self.spec.chat_template}' "
-                           f"(tokenizer, {', '.join(CHAT_TEMPLATES)})")
+        return format_prompt(self.spec, self.tokenizer, instruction)
 
     def score_ids(self, prompt: str, response: str) -> tuple[list[int], int]:
         """Token ids of prompt + response + end-of-turn, and the number of prompt tokens."""

@@ -8,6 +8,7 @@ traceback only with --debug), 1 a bug.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -84,20 +85,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.paths import runs_root
 
     overrides = list(args.overrides)
-    if args.run_name:
-        overrides.append(f"run_name={args.run_name}")
-    if args.data_dir:
-        overrides.append(f"data_dir={args.data_dir}")
+    if args.run_name is not None:  # quoted: a flag's value is a literal string, never YAML (`--run-name on`)
+        overrides.append(f"run_name={json.dumps(args.run_name)}")
+    if args.data_dir is not None:
+        overrides.append(f"data_dir={json.dumps(args.data_dir)}")
     cfg_path = _resolve_config(args.config)
     cfg, _ = load_config(cfg_path, overrides)
     from harness.pipeline import Pipeline
 
-    pipe = Pipeline(cfg, runs_root(args.runs_dir))
+    pipe = Pipeline(cfg, runs_root(args.runs_dir), offline_plan=args.dry_run)
     tasks = pipe.plan()
     if args.force:
         pipe.apply_force(args.force)
+    notes = pipe.preflight(strict=not args.dry_run)
     if args.dry_run:
-        _print_plan(pipe, tasks)
+        _print_plan(pipe, tasks, notes)
         return 0
     _setup_logging(args.debug, pipe.layout.log)
     logging.getLogger("harness").info("run %s -> %s (%d stages, %d to do)", cfg.run_name, pipe.layout.root,
@@ -114,8 +116,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _plan_counts(pipe, t) -> str:
-    cfg = pipe.cfg.for_iteration(t.iteration) if t.iteration else pipe.cfg
-    n_prompts = getattr(pipe, "n_prompts", 0)
+    cfg = pipe.cfg.for_iteration(t.iteration) if t.iteration >= 1 else pipe.cfg
+    n_prompts = pipe.prompts(t.iteration)[1] if t.iteration >= 1 else 0
     langs = len(cfg.languages)
     pair_langs = len(pipe.strategy.pair_languages(cfg.languages))
     if t.stage == "sample":
@@ -149,11 +151,10 @@ def _plan_counts(pipe, t) -> str:
     return f"{src}, ~{steps} optimizer steps ({tc.method}, {tc.precision}, batch {per_step})"
 
 
-def _print_plan(pipe, tasks) -> None:
+def _print_plan(pipe, tasks, notes: list[str]) -> None:
     from rich.table import Table
 
     from harness.ui import console
-    from harness.stages.train import check_dpo_kwargs, dpo_kwargs
 
     cfg = pipe.cfg
     table = Table(title=f"plan: {cfg.run_name} -> {pipe.layout.root}")
@@ -165,12 +166,13 @@ def _print_plan(pipe, tasks) -> None:
     console.print(f"models: pi_ref = {pipe.reference.name} ({pipe.reference.source}: {pipe.reference.path}); "
                   f"pi_0 = {pipe.given_pi0.name if pipe.given_pi0 else 'stage 0 (English DPO of pi_ref)'}; "
                   f"strategy = {cfg.strategy}; languages = {' '.join(cfg.languages)}; iterations = {cfg.iterations}")
-    try:
-        for k in range(0 if pipe.given_pi0 is None else 1, cfg.iterations + 1):
-            check_dpo_kwargs(dpo_kwargs(cfg.train_for(k), pipe.layout.root, 0))
-        console.print("trl.DPOConfig fields: ok")
-    except ImportError:
-        console.print("trl is not installed: the training config was not checked")
+    for d in pipe.downloads:
+        console.print(f"prompts: {d} will be downloaded when the run starts (planned from prompts.limit; the "
+                      "sample stages' hashes are provisional until then)")
+    console.print("checked: trl.DPOConfig of every train stage" + (", judge, LC source and reference outputs"
+                                                                  if cfg.eval.enabled else ""))
+    for note in notes:
+        console.print(f"[yellow]this machine cannot run it as configured:[/yellow] {note}")
     console.print("dry run: nothing was loaded or written")
 
 
@@ -381,6 +383,12 @@ def main(argv: list[str] | None = None) -> int:
     extra = [x for x in rest if "=" in x and not x.startswith("-")]
     if len(extra) != len(rest) or (extra and not hasattr(args, "overrides")):
         parser.error(f"unrecognized arguments: {' '.join(x for x in rest if x not in extra) or ' '.join(rest)}")
+    # a list flag swallows overrides that follow it (`--languages de es eval.limit=3`): give them back
+    for name in ("languages", "backends"):
+        values = getattr(args, name, None)
+        if values and hasattr(args, "overrides"):
+            extra += [v for v in values if "=" in v]
+            setattr(args, name, [v for v in values if "=" not in v])
     if extra:
         args.overrides = list(args.overrides) + extra
     try:

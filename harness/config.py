@@ -29,6 +29,13 @@ class ModelsConfig:
     """pi_ref: registered model name or local folder."""
     policy: str | None = None
     """pi_0 (an English DPO model of pi_ref). None: stage 0 trains it from `stage0.dataset`."""
+    chat_template: str | None = None
+    """Prompt format of pi_ref, pi_0 and the trained models (default: the registered model's; a local folder: the
+    tokenizer's own): tokenizer, a named template (llama3_no_system) or a string with {instruction}."""
+    eot: str | None = None
+    """End-of-turn string appended to responses for scoring and training (default: the model's, else its EOS)."""
+    stop: list | None = None
+    """Stop strings for generation (default: the model's, else [eot])."""
 
 
 @dataclass
@@ -128,6 +135,8 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     save_steps: int | None = None
     """Save resumable trainer checkpoints every N steps (None: an interrupted train stage restarts)."""
+    save_total_limit: int | None = 2
+    """Keep at most this many checkpoints (the newest complete one is resumed after a kill)."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     accelerate: AccelerateConfig = field(default_factory=AccelerateConfig)
     extra: dict = field(default_factory=dict)
@@ -220,58 +229,167 @@ class RunConfig:
         return self.for_iteration(k).train
 
     def validate(self, where: str | None = None) -> None:
-        from harness.registry import REGISTRY
-
-        if self.iterations < 0:
-            raise HarnessError("iterations must be >= 0", where)
-        if not self.languages:
-            raise HarnessError("languages is empty", where)
-        for lang in self.languages:
-            try:
-                REGISTRY.get("languages", str(lang))
-            except HarnessError as e:
-                raise HarnessError(e.message, where) from None
-        for kind, name in (("strategies", self.strategy), ("backends", self.backend.sample),
-                           ("backends", self.backend.score)):
-            try:
-                REGISTRY.get(kind, name)
-            except HarnessError as e:
-                raise HarnessError(e.message, where) from None
-        _one_of("reward.reference", self.reward.reference, ("pi_ref", "previous"), where)
-        _one_of("reward.logprob_mode", self.reward.logprob_mode, ("standard", "code_exact"), where)
-        _one_of("pairs.length_unit", self.pairs.length_unit, ("chars", "tokens"), where)
-        _one_of("train.method", self.train.method, ("full", "lora"), where)
-        _one_of("train.precision", self.train.precision, ("fp32", "bf16", "bf16_cpu"), where)
-        _one_of("eval.lc_source", self.eval.lc_source, ("official", "estimated", "minimal"), where)
-        for lang in self.eval.languages or []:
-            try:
-                REGISTRY.get("languages", str(lang))
-            except HarnessError as e:
-                raise HarnessError("eval.languages: " + e.message, where) from None
-        try:
-            REGISTRY.get("judges", self.eval.judge)
-        except HarnessError as e:
-            raise HarnessError("eval.judge: " + e.message, where) from None
-        for name, v in (("sample.n", self.sample.n), ("sample.max_tokens", self.sample.max_tokens),
-                        ("sample.chunk", self.sample.chunk), ("reward.chunk", self.reward.chunk),
-                        ("train.batch_size", self.train.batch_size)):
-            if v < 1:
-                raise HarnessError(f"{name} must be >= 1, got {v}", where)
+        """Check every value against its allowed range or names, here and in each per_iteration section, so that a
+        bad setting fails at load (and in --dry-run), never after a model was loaded."""
+        _check(self, where, "")
         try:
             self.train_for(0)
         except HarnessError as e:
-            raise HarnessError(e.message, where) from None
-        if self.sample.n < 2:
-            raise HarnessError("sample.n must be >= 2 to build preference pairs", where)
-        for k in self.per_iteration:
+            raise HarnessError(e.message, where, key=e.key) from None
+        _check_train(self.train_for(0), where, "stage0.train.")
+        for k, over in self.per_iteration.items():
+            key = f"per_iteration.{k}"
             if not str(k).isdigit() or not 1 <= int(k) <= max(self.iterations, 1):
-                raise HarnessError(f"per_iteration key '{k}' is not an iteration in 1..{self.iterations}", where)
-            self.for_iteration(int(k))
+                raise HarnessError(f"per_iteration key '{k}' is not an iteration in 1..{self.iterations}", where,
+                                   key=key)
+            if not isinstance(over, dict):
+                raise HarnessError(f"{key} must be a mapping of sections ({', '.join(PER_ITERATION_SECTIONS)}), "
+                                   f"got {over!r}", where, key=key)
+            for section in over:
+                if section not in PER_ITERATION_SECTIONS:
+                    raise HarnessError(f"'{key}.{section}' cannot change per iteration (allowed: "
+                                       f"{', '.join(PER_ITERATION_SECTIONS)})", where, key=f"{key}.{section}")
+            try:
+                ck = self.for_iteration(int(k))
+            except HarnessError as e:
+                raise HarnessError(e.message, where, key=key) from None
+            _check(ck, where, key + ".")
 
 
-def _one_of(name: str, value: str, allowed: tuple, where: str | None) -> None:
-    if value not in allowed:
-        raise HarnessError(f"{name} must be one of {', '.join(allowed)}; got '{value}'", where)
+PER_ITERATION_SECTIONS = ("prompts", "backend", "sample", "reward", "pairs", "train")
+# transformers.trainer_utils.SchedulerType (tests/test_wiring.py checks the list against the installed version)
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                 "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
+                 "warmup_stable_decay", "greedy")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _get(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _in_range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, optional: bool = False):
+    def ok(v):
+        if v is None:
+            return optional
+        return (lo is None or (v > lo if lo_open else v >= lo)) and (hi is None or v <= hi)
+    parts = []
+    if lo is not None:
+        parts.append(f"{'>' if lo_open else '>='} {lo}")
+    if hi is not None:
+        parts.append(f"<= {hi}")
+    return ok, " and ".join(parts) + (" (or null)" if optional else "")
+
+
+def _one_of(*allowed: str, optional: bool = False):
+    return (lambda v: (v is None and optional) or v in allowed), "one of " + ", ".join(allowed)
+
+
+# (key, (predicate, what it must be)) for every bounded setting; train.* rules also apply to stage0.train
+RULES = [
+    ("iterations", _in_range(0)),
+    ("prompts.limit", _in_range(1, optional=True)),
+    ("backend.threads", _in_range(1, optional=True)),
+    ("sample.n", (lambda v: v >= 2, ">= 2 (a preference pair needs two responses)")),
+    ("sample.temperature", _in_range(0)),
+    ("sample.top_p", _in_range(0, 1, lo_open=True)),
+    ("sample.max_tokens", _in_range(1)),
+    ("sample.chunk", _in_range(1)),
+    ("reward.reference", _one_of("pi_ref", "previous")),
+    ("reward.logprob_mode", _one_of("standard", "code_exact")),
+    ("reward.round_decimals", _in_range(0, optional=True)),
+    ("reward.dtype", _one_of(*DTYPES)),
+    ("reward.beta", _in_range(0, lo_open=True, optional=True)),
+    ("reward.translate_max_tokens", _in_range(1)),
+    ("reward.chunk", _in_range(1)),
+    ("pairs.alpha_step", _in_range(0, 1, lo_open=True)),
+    ("pairs.alpha_max", _in_range(0, lo_open=True)),
+    ("pairs.length_unit", _one_of("chars", "tokens")),
+    ("eval.limit", _in_range(1, optional=True)),
+    ("eval.temperature", _in_range(0)),
+    ("eval.top_p", _in_range(0, 1, lo_open=True)),
+    ("eval.max_tokens", _in_range(1)),
+    ("eval.chunk", _in_range(1)),
+    ("eval.judge_concurrency", _in_range(1)),
+    ("eval.lc_source", _one_of("official", "estimated", "minimal")),
+]
+TRAIN_RULES = [
+    ("method", _one_of("full", "lora")),
+    ("beta", _in_range(0, lo_open=True)),
+    ("nll_weight", _in_range(0)),
+    ("learning_rate", _in_range(0, lo_open=True)),
+    ("epochs", _in_range(0, lo_open=True)),
+    ("batch_size", _in_range(1)),
+    ("grad_accum", _in_range(1)),
+    ("lr_scheduler", _one_of(*LR_SCHEDULERS)),
+    ("warmup_ratio", _in_range(0)),
+    ("max_length", _in_range(2)),
+    ("precision", _one_of("fp32", "bf16", "bf16_cpu")),
+    ("save_steps", _in_range(1, optional=True)),
+    ("save_total_limit", _in_range(1, optional=True)),
+    ("lora.r", _in_range(1)),
+    ("lora.alpha", _in_range(0, lo_open=True)),
+    ("lora.dropout", _in_range(0, 1)),
+    ("accelerate.num_processes", _in_range(1)),
+]
+
+
+def _check_train(tc: TrainConfig, where: str | None, prefix: str) -> None:
+    for key, (ok, what) in TRAIN_RULES:
+        v = _get(tc, key)
+        if not ok(v):
+            raise HarnessError(f"{prefix}{key} must be {what}; got {v!r}", where, key=prefix + key)
+    if tc.warmup_ratio >= 1 and tc.warmup_ratio != int(tc.warmup_ratio):
+        raise HarnessError(f"{prefix}warmup_ratio must be a ratio < 1 or a whole number of steps; got "
+                           f"{tc.warmup_ratio}", where, key=prefix + "warmup_ratio")
+
+
+def _check(cfg: "RunConfig", where: str | None, prefix: str) -> None:
+    """Names, ranges and registry entries of one (possibly per-iteration) config; keys are reported with prefix."""
+    from harness.registry import REGISTRY
+
+    def fail(key: str, message: str):
+        sep = " " if message.startswith(("must ", "is ")) else ": "
+        raise HarnessError(f"{prefix}{key}{sep}{message}", where, key=prefix + key)
+
+    for key, (ok, what) in RULES:
+        v = _get(cfg, key)
+        if not ok(v):
+            fail(key, f"must be {what}; got {v!r}")
+    _check_train(cfg.train, where, prefix + "train.")
+    if cfg.pairs.alpha_step > cfg.pairs.alpha_max:
+        fail("pairs.alpha_step", f"must be <= pairs.alpha_max ({cfg.pairs.alpha_max}); got {cfg.pairs.alpha_step}")
+    name = str(cfg.run_name)
+    if not name.strip() or name in (".", "..") or "/" in name or "\\" in name:
+        fail("run_name", f"must be a plain folder name; got {name!r}")
+    for key, langs in (("languages", cfg.languages), ("eval.languages", cfg.eval.languages or [])):
+        if key == "languages" and not langs:
+            fail(key, "is empty")
+        dup = next((x for i, x in enumerate(langs) if x in langs[:i]), None)
+        if dup is not None:
+            fail(key, f"'{dup}' is listed twice")
+        for lang in langs:
+            try:
+                REGISTRY.get("languages", str(lang))
+            except HarnessError as e:
+                fail(key, e.message)
+    for key, kind, name in (("strategy", "strategies", cfg.strategy), ("backend.sample", "backends", cfg.backend.sample),
+                            ("backend.score", "backends", cfg.backend.score), ("eval.judge", "judges", cfg.eval.judge),
+                            ("eval.backend", "backends", cfg.eval.backend)):
+        if name is None:
+            continue
+        try:
+            REGISTRY.get(kind, name)
+        except HarnessError as e:
+            fail(key, e.message)
+    from harness.models import check_template_settings
+
+    try:
+        check_template_settings(cfg.models.chat_template, cfg.models.eot, cfg.models.stop)
+    except HarnessError as e:
+        fail(e.key or "models", e.message)
 
 
 def _deep_merge(base: dict, over: dict) -> dict:
@@ -307,40 +425,42 @@ def _coerce(value: Any, tp: Any, key: str, where: str | None) -> Any:
                 return _coerce(value, a, key, where)
             except HarnessError:
                 continue
-        raise HarnessError(f"'{key}': cannot use {value!r} (expected {tp})", where)
+        raise HarnessError(f"'{key}': cannot use {value!r} (expected {tp})", where, key=key)
     if tp is Any:
         return value
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise HarnessError(f"'{key}' must be a mapping, got {value!r}", where)
+            raise HarnessError(f"'{key}' must be a mapping, got {value!r}", where, key=key)
         return _build(tp, value, where, prefix=key + ".")
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise HarnessError(f"'{key}' must be true or false, got {value!r}", where)
+        raise HarnessError(f"'{key}' must be true or false, got {value!r}", where, key=key)
     if tp in (int, float):
         if isinstance(value, bool) or value is None:
-            raise HarnessError(f"'{key}' must be a number, got {value!r}", where)
+            raise HarnessError(f"'{key}' must be a number, got {value!r}", where, key=key)
         try:
             if tp is int and float(value) != int(float(value)):
                 raise ValueError
             return tp(float(value)) if tp is int else float(value)
         except (TypeError, ValueError):
             raise HarnessError(f"'{key}' must be {'an integer' if tp is int else 'a number'}, got {value!r}",
-                               where) from None
+                               where, key=key) from None
     if tp is str:
         if isinstance(value, (dict, list)) or value is None:
-            raise HarnessError(f"'{key}' must be a string, got {value!r}", where)
+            raise HarnessError(f"'{key}' must be a string, got {value!r}", where, key=key)
+        if isinstance(value, bool):  # YAML reads on/off/yes/no as booleans
+            raise HarnessError(f"'{key}' must be a string, got {value!r} (quote it)", where, key=key)
         return str(value)
     if tp is list or origin is list:
         if isinstance(value, (str, int)):
             value = [value]
         if not isinstance(value, (list, tuple)):
-            raise HarnessError(f"'{key}' must be a list, got {value!r}", where)
+            raise HarnessError(f"'{key}' must be a list, got {value!r}", where, key=key)
         return [str(v) if key == "languages" else v for v in value]
     if tp is dict or origin is dict:
         if not isinstance(value, dict):
-            raise HarnessError(f"'{key}' must be a mapping, got {value!r}", where)
+            raise HarnessError(f"'{key}' must be a mapping, got {value!r}", where, key=key)
         return dict(value)
     return value
 
@@ -353,7 +473,7 @@ def _build(cls: type, data: dict, where: str | None, prefix: str = "") -> Any:
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(names)}"
-            raise HarnessError(f"unknown config key '{prefix}{key}'{hint}", where)
+            raise HarnessError(f"unknown config key '{prefix}{key}'{hint}", where, key=prefix + str(key))
         kwargs[key] = _coerce(value, hints[key], prefix + key, where)
     return cls(**kwargs)
 
@@ -377,7 +497,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def load_config(path: str | Path | None, overrides: list[str] = (), base: dict | None = None) -> tuple[RunConfig, dict]:
-    """Load YAML (or ``base``), apply overrides; returns the config and the merged plain dict."""
+    """Load YAML (or ``base``), apply overrides; returns the config and the merged plain dict.
+
+    An error in a value that a command-line override set names that override, not the file."""
     data: dict = copy.deepcopy(base) if base else {}
     where = None
     if path is not None:
@@ -385,8 +507,14 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base: dict |
         p = Path(path)
         if not p.exists():
             raise HarnessError("config file does not exist", p)
+        if p.is_dir():
+            raise HarnessError("config is a directory, not a YAML file", p)
         try:
             loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as e:
+            raise HarnessError(f"config is not UTF-8 text (byte {e.start})", p) from None
+        except OSError as e:
+            raise HarnessError(f"cannot read config: {e.strerror}", p) from None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             raise HarnessError(f"malformed YAML: {getattr(e, 'problem', e)}", p,
@@ -394,17 +522,35 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base: dict |
         if not isinstance(loaded, dict):
             raise HarnessError("a config must be a YAML mapping", p)
         data = _deep_merge(data, loaded)
+    applied: list[tuple[str, str]] = []
     for ov in overrides:
         keys, value = parse_override(ov)
         node = data
         for k in keys[:-1]:
             node = node.setdefault(k, {})
             if not isinstance(node, dict):
-                raise HarnessError(f"override '{ov}': '{k}' is not a section")
+                raise HarnessError(f"'{k}' is not a section", f"override {ov}")
         node[keys[-1]] = value
-    cfg = from_dict(data, where)
-    cfg.validate(where)
+        applied.append((ov, ".".join(keys)))
+    try:
+        cfg = from_dict(data, where)
+        cfg.validate(where)
+    except HarnessError as e:
+        culprit = _override_for(e.key, applied)
+        if culprit is not None:
+            raise HarnessError(e.message, f"override {culprit}", key=e.key) from None
+        raise
     return cfg, data
+
+
+def _override_for(key: str | None, applied: list[tuple[str, str]]) -> str | None:
+    """The last command-line override that set ``key`` (or a section above or below it)."""
+    if not key:
+        return None
+    for ov, k in reversed(applied):
+        if key == k or key.startswith(k + ".") or k.startswith(key + "."):
+            return ov
+    return None
 
 
 def preset_path(name: str) -> Path | None:

@@ -147,6 +147,30 @@ def resolve_prompt_folder(source: str, configured_data_dir: str | None, langs: l
     return folder
 
 
+def pending_download(source: str, langs: list[str], configured_data_dir: str | None = None) -> str | None:
+    """What ``load_prompts`` would download for this source (None when everything is local or cached)."""
+    from harness.models import cache_dir
+
+    if source.startswith("upstream:"):
+        subset = source.split(":", 1)[1]
+        folder = cache_dir() / "data" / "ultrafeedback-parallel" / subset
+    elif source == "ultrafeedback-parallel/demo-subset" and data_dir(configured_data_dir, required=False) is None:
+        subset, langs = "random_1000", list(DEMO_LANGS)
+        folder = cache_dir() / "data" / "ultrafeedback-parallel" / "demo-subset"
+    else:
+        return None
+    missing = [lang for lang in sorted(set(langs) | {"en"}) if not (folder / f"{lang}.jsonl").exists()]
+    if not missing:
+        return None
+    return f"{subset} ({', '.join(missing)}) from the ICR repository at commit {ICR_COMMIT[:7]}"
+
+
+def subset_size(source: str) -> int | None:
+    """N of an ICR ``random_N`` subset name (the number of prompts per language), else None."""
+    tail = source.rsplit(":", 1)[-1].rsplit("/", 1)[-1]
+    return int(tail.split("_", 1)[1]) if tail.startswith("random_") and tail.split("_", 1)[1].isdigit() else None
+
+
 def load_prompts(source: str, langs: list[str], configured_data_dir: str | None = None,
                  limit: int | None = None) -> PromptSet:
     """Load and check parallel prompts; ``limit`` keeps the first N (the same ids in every language)."""

@@ -29,6 +29,35 @@ LLAMA3_NO_SYSTEM = ("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n
 CHAT_TEMPLATES = {"llama3_no_system": LLAMA3_NO_SYSTEM}
 
 
+def check_template_settings(chat_template: str | None, eot: str | None, stop: list | None) -> None:
+    """``models.chat_template`` / ``eot`` / ``stop``: a known template name or a string with {instruction}."""
+    if chat_template is not None and chat_template != "tokenizer" and chat_template not in CHAT_TEMPLATES:
+        if "{instruction}" not in chat_template:
+            raise HarnessError(f"unknown chat_template '{chat_template}' (tokenizer, {', '.join(CHAT_TEMPLATES)}, or "
+                               "a format string containing {instruction})", key="models.chat_template")
+        try:
+            chat_template.format(instruction="x")
+        except (KeyError, IndexError, ValueError) as e:
+            raise HarnessError(f"chat_template is not a valid format string ({e}); write literal braces as {{{{ }}}}",
+                               key="models.chat_template") from None
+    if eot is not None and not str(eot):
+        raise HarnessError("eot is empty", key="models.eot")
+    if stop is not None and (not stop or not all(isinstance(x, str) and x for x in stop)):
+        raise HarnessError(f"stop must be a non-empty list of non-empty strings; got {stop!r}", key="models.stop")
+
+
+def format_prompt(spec: "ModelSpec", tokenizer, instruction: str) -> str:
+    """The chat-formatted prompt T(instruction) that ends where the assistant's answer begins."""
+    if spec.chat_template == "tokenizer":
+        return tokenizer.apply_chat_template([{"role": "user", "content": instruction}], add_generation_prompt=True,
+                                             tokenize=False)
+    template = CHAT_TEMPLATES.get(spec.chat_template, spec.chat_template)
+    if "{instruction}" not in template:
+        raise HarnessError(f"model '{spec.name}': unknown chat_template '{spec.chat_template}' "
+                           f"(tokenizer, {', '.join(CHAT_TEMPLATES)} or a string with {{instruction}})")
+    return template.format(instruction=instruction)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
@@ -48,7 +77,7 @@ class ModelSpec:
     def identity(self) -> dict:
         """What identifies the weights (for cache keys): never just a name."""
         d = {"source": self.source, "path": self.path, "revision": self.revision, "chat_template": self.chat_template,
-             "eot": self.eot}
+             "eot": self.eot, "stop": list(self.stop)}
         if self.source == "local":
             d["fingerprint"] = folder_fingerprint(Path(self.path))
         return d
@@ -139,20 +168,39 @@ _add(ModelSpec("llama-3-8b-sft-dpo", "hub", "princeton-nlp/Llama-3-Base-8B-SFT-D
 
 
 def resolve_model(ref: str, *, chat_template: str | None = None, eot: str | None = None,
-                  where: str | None = None) -> ModelSpec:
-    """A registered model name, or a local folder (anything that looks like a path)."""
+                  stop: list | tuple | None = None, where: str | None = None) -> ModelSpec:
+    """A registered model name, or a local folder (anything that looks like a path). ``chat_template``, ``eot`` and
+    ``stop`` override the registered model's (a folder defaults to its tokenizer's template and EOS)."""
     if ("models", ref) in REGISTRY:
-        return REGISTRY.get("models", ref)
-    looks_like_path = ref.startswith((".", "/", "~")) or os.sep in ref or Path(ref).exists()
-    if looks_like_path:
+        spec = REGISTRY.get("models", ref)
+    elif ref.startswith((".", "/", "~")) or os.sep in ref or Path(ref).exists():
         p = Path(ref).expanduser()
         if not (p / "config.json").exists():
             raise HarnessError(f"model folder '{ref}' does not exist or has no config.json", where)
-        return ModelSpec(p.name, "local", str(p.resolve()), chat_template=chat_template or "tokenizer", eot=eot)
-    try:
-        return REGISTRY.get("models", ref)
-    except HarnessError as e:
-        raise HarnessError(e.message + " (or give a local model folder)", where) from None
+        spec = ModelSpec(p.name, "local", str(p.resolve()))
+    else:
+        try:
+            spec = REGISTRY.get("models", ref)
+        except HarnessError as e:
+            raise HarnessError(e.message + " (or give a local model folder)", where) from None
+    return with_template(spec, chat_template, eot, stop)
+
+
+def with_template(spec: ModelSpec, chat_template: str | None = None, eot: str | None = None,
+                  stop: list | tuple | None = None) -> ModelSpec:
+    """``spec`` with the given prompt format, end-of-turn and stop strings (None keeps the model's own)."""
+    import dataclasses
+
+    changes: dict = {}
+    if chat_template is not None:
+        changes["chat_template"] = chat_template
+    if eot is not None:
+        changes["eot"] = eot
+        if stop is None and not spec.stop:
+            changes["stop"] = (eot,)
+    if stop is not None:
+        changes["stop"] = tuple(stop)
+    return dataclasses.replace(spec, **changes) if changes else spec
 
 
 def local_spec_like(base: ModelSpec, folder: Path, name: str) -> ModelSpec:

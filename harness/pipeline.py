@@ -63,13 +63,16 @@ def package_versions() -> dict:
 
 
 class Pipeline:
-    def __init__(self, cfg: RunConfig, runs_dir: Path):
+    def __init__(self, cfg: RunConfig, runs_dir: Path, offline_plan: bool = False):
         self.cfg = cfg
         self.layout = RunLayout(Path(runs_dir) / cfg.run_name)
-        self.reference = resolve_model(cfg.models.reference, where="models.reference")
-        self.given_pi0 = resolve_model(cfg.models.policy, where="models.policy") if cfg.models.policy else None
+        fmt = dict(chat_template=cfg.models.chat_template, eot=cfg.models.eot, stop=cfg.models.stop)
+        self.reference = resolve_model(cfg.models.reference, where="models.reference", **fmt)
+        self.given_pi0 = resolve_model(cfg.models.policy, where="models.policy", **fmt) if cfg.models.policy else None
         self.strategy = get("strategies", cfg.strategy)()
-        self._prompt_fp: str | None = None
+        self.offline_plan = offline_plan
+        self.downloads: list[str] = []  # what a dry run left to download when the run starts
+        self._prompts: dict[tuple, tuple[str, int]] = {}
         self._tasks: list[Task] | None = None
 
     # -- models ----------------------------------------------------------------------------------------------------
@@ -92,14 +95,27 @@ class Pipeline:
         """Which model is the reward reference at iteration k: REF (pi_ref), or k-2 (pi_{t-1}) when asked."""
         return k - 2 if self.cfg.reward.reference == "previous" and k >= 2 else REF
 
-    def prompt_fingerprint(self) -> str:
-        if self._prompt_fp is None:
-            from harness.data import load_prompts
+    def prompts(self, k: int) -> tuple[str, int]:
+        """(fingerprint, prompts per language) of iteration k's prompts (``per_iteration`` may change them).
 
-            ps = load_prompts(self.cfg.prompts.source, self.cfg.languages, self.cfg.data_dir, self.cfg.prompts.limit)
-            self._prompt_fp = ps.fingerprint
-            self.n_prompts = ps.n
-        return self._prompt_fp
+        In a dry run, a source that is not local yet is planned from ``prompts.limit`` (or the subset's size)
+        without downloading it; its fingerprint is then provisional (``self.downloads`` says what will come)."""
+        pc = self.cfg.for_iteration(k).prompts if k >= 1 else self.cfg.prompts
+        key = (pc.source, pc.limit)
+        if key not in self._prompts:
+            from harness.data import load_prompts, pending_download, subset_size
+
+            pending = pending_download(pc.source, self.cfg.languages, self.cfg.data_dir) if self.offline_plan else None
+            if pending is not None:
+                n = pc.limit or subset_size(pc.source) or 0
+                if subset_size(pc.source):
+                    n = min(n, subset_size(pc.source))
+                self.downloads.append(pending)
+                self._prompts[key] = (stable_hash({"pending": pc.source, "limit": pc.limit}), n)
+            else:
+                ps = load_prompts(pc.source, self.cfg.languages, self.cfg.data_dir, pc.limit)
+                self._prompts[key] = (ps.fingerprint, ps.n)
+        return self._prompts[key]
 
     # -- plan ------------------------------------------------------------------------------------------------------
     def plan(self) -> list[Task]:
@@ -121,16 +137,16 @@ class Pipeline:
             _, fp = load_english_prefs(cfg.stage0.dataset, cfg.stage0.limit)
             add(0, "train", {"model": self.reference.identity(), "data": fp, "train": to_dict(cfg.train_for(0)),
                              "seed": cfg.seed})
-        prompts_fp = self.prompt_fingerprint()
         for k in range(1, cfg.iterations + 1):
             ck = cfg.for_iteration(k)
             policy = self.model_identity(k - 1, tasks)
-            add(k, "sample", {"model": policy, "prompts": prompts_fp, "languages": ck.languages,
-                              "sample": to_dict(ck.sample), "backend": ck.backend.sample, "seed": ck.seed})
+            add(k, "sample", {"model": policy, "prompts": self.prompts(k)[0], "prompts_cfg": to_dict(ck.prompts),
+                              "languages": ck.languages, "sample": to_dict(ck.sample), "backend": ck.backend.sample,
+                              "backend_options": ck.backend.options, "seed": ck.seed})
             ref_id = self.model_identity(self.reward_reference(k), tasks)
             add(k, "reward", {"upstream": tasks[(k, "sample")].hash, "policy": policy, "reference": ref_id,
                               "strategy": ck.strategy, "reward": {**to_dict(ck.reward), "chunk": None},
-                              "backend": ck.backend.score})
+                              "backend": ck.backend.score, "backend_options": ck.backend.options})
             add(k, "pairs", {"upstream": tasks[(k, "reward")].hash, "pairs": to_dict(ck.pairs),
                              "languages": self.strategy.pair_languages(ck.languages)})
             add(k, "train", {"upstream": tasks[(k, "pairs")].hash, "model": policy, "train": to_dict(ck.train),
@@ -156,6 +172,15 @@ class Pipeline:
         return ordered
 
     def _status(self, t: Task) -> str:
+        """skip (finished with this hash), resume (a .partial with this hash), rerun (finished with another hash:
+        the old result stays until the new one is complete) or run."""
+        part = self.layout.partial_dir(t.iteration, t.stage)
+        for marker in (PARTIAL, DONE):  # DONE in .partial: killed between finishing and renaming into place
+            try:
+                if (part / marker).exists() and read_json(part / marker).get("hash") == t.hash:
+                    return "resume"
+            except HarnessError:
+                pass
         done = self.layout.done_path(t.iteration, t.stage)
         if done.exists():
             try:
@@ -163,32 +188,54 @@ class Pipeline:
             except HarnessError:
                 return "rerun"
             return "skip" if rec.get("hash") == t.hash else "rerun"
-        part = self.layout.partial_dir(t.iteration, t.stage) / PARTIAL
-        if part.exists():
-            try:
-                if read_json(part).get("hash") == t.hash:
-                    return "resume"
-            except HarnessError:
-                pass
         return "run"
 
     def apply_force(self, force: list[str]) -> None:
         """``--force STAGE`` (every iteration) or ``--force K:STAGE``: redo it and everything after it."""
+        from harness.stages import STAGES
+
         tasks = self.plan()
         first = None
         for f in force:
             k, _, stage = f.rpartition(":")
-            from harness.stages import STAGES
-
             if stage not in STAGES:
-                raise HarnessError(f"--force: unknown stage '{stage}' ({', '.join(STAGES)})")
-            for i, t in enumerate(tasks):
-                if t.stage == stage and (not k or str(t.iteration) == k or (k == "ref" and t.iteration == REF)):
-                    first = i if first is None else min(first, i)
-                    break
+                raise HarnessError(f"--force {f}: unknown stage '{stage}' ({', '.join(STAGES)})")
+            matches = [i for i, t in enumerate(tasks) if t.stage == stage and
+                       (not k or str(t.iteration) == k or (k == "ref" and t.iteration == REF))]
+            if not matches:
+                have = sorted({"ref" if t.iteration == REF else str(t.iteration) for t in tasks if t.stage == stage})
+                raise HarnessError(f"--force {f}: this run has no stage {f} ({stage} runs at iterations "
+                                   f"{', '.join(have) or 'none'})")
+            first = matches[0] if first is None else min(first, matches[0])
         if first is not None:
             for t in tasks[first:]:
                 t.status = "forced"
+
+    def preflight(self, strict: bool = True) -> list[str]:
+        """What can fail before any model is loaded, checked when the run is planned: the real trl.DPOConfig of
+        every train stage, and what this machine lacks (a GPU for bf16 training). Problems of the machine rather
+        than of the config are returned as notes when not ``strict`` (a dry run of a GPU preset on a laptop still
+        prints its plan); a real run raises them."""
+        from harness.stages.train import build_dpo_config, check_dpo_kwargs, dpo_kwargs
+
+        notes: list[str] = []
+
+        def machine_problem(message: str) -> None:
+            if strict:
+                raise HarnessError(message)
+            notes.append(message)
+
+        first = 0 if self.given_pi0 is None else 1
+        for k in range(first, self.cfg.iterations + 1):
+            tc = self.cfg.train_for(k)
+            where = "stage0.train" if k == 0 else f"train (iteration {k})"
+            if tc.precision == "bf16" and not _has_gpu():
+                machine_problem(f"{where}: precision bf16 needs a GPU (none found); on a CPU use bf16_cpu "
+                                "(bf16 autocast) or fp32")
+                check_dpo_kwargs(dpo_kwargs(tc, self.layout.root, self.cfg.seed))
+            else:
+                build_dpo_config(tc, self.layout.root, self.cfg.seed, where=where)
+        return notes
 
     # -- execution -------------------------------------------------------------------------------------------------
     def write_run_json(self) -> None:
@@ -223,27 +270,35 @@ class Pipeline:
         return StageContext(ck, self.layout, t.iteration, t.stage, out, policy, ref, t.hash)
 
     def execute(self, t: Task) -> None:
+        """Build the stage in ``<stage>.partial/`` and swap it into place only when complete: a forced or changed
+        stage keeps its previous result until then, so an interrupted rerun leaves the old result as it was."""
         final = self.layout.stage_dir(t.iteration, t.stage)
         partial = self.layout.partial_dir(t.iteration, t.stage)
         if t.status == "skip":
             return
-        if final.exists():
-            shutil.rmtree(final)
         if partial.exists() and t.status != "resume":
             shutil.rmtree(partial)
-        partial.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(partial / PARTIAL, {"hash": t.hash, "stage": t.label})
-        t0 = time.time()
-        counts = self._run_stage(t, partial)
-        t.seconds = time.time() - t0
-        t.counts = counts
-        atomic_write_json(partial / DONE, {
-            "stage": t.stage, "iteration": t.iteration, "hash": t.hash, "hash_version": HASH_VERSION,
-            "settings": t.settings, "counts": counts, "seconds": round(t.seconds, 2),
-            "versions": package_versions(),
-            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
-        (partial / PARTIAL).unlink()
-        os.replace(partial, final)
+        if not (partial / DONE).exists():
+            partial.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(partial / PARTIAL, {"hash": t.hash, "stage": t.label})
+            t0 = time.time()
+            counts = self._run_stage(t, partial)
+            t.seconds = time.time() - t0
+            t.counts = counts
+            atomic_write_json(partial / DONE, {
+                "stage": t.stage, "iteration": t.iteration, "hash": t.hash, "hash_version": HASH_VERSION,
+                "settings": t.settings, "counts": counts, "seconds": round(t.seconds, 2),
+                "versions": package_versions(),
+                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+            (partial / PARTIAL).unlink()
+        if final.exists():
+            old = final.with_name(final.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(partial, final)
+            shutil.rmtree(old)
+        else:
+            os.replace(partial, final)
 
     def _run_stage(self, t: Task, out: Path) -> dict:
         if t.stage == "train":
@@ -269,6 +324,12 @@ class Pipeline:
             if on_task:
                 on_task(t, "end")
         return self.plan()
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def run_stage_in_process(run_dir: str, iteration: int, stage: str) -> None:

@@ -42,22 +42,57 @@ def launch_command(tc: TrainConfig, run_dir: Path, iteration: int) -> list[str]:
     return cmd
 
 
+# Where every `train.*` setting arrives: config field -> the trainer attribute it sets (trl.DPOConfig unless
+# named otherwise). tests/test_wiring.py builds the real objects from a config in which every field differs from
+# its default and checks each arrow; a new TrainConfig field without a row here fails that test.
+TRAIN_WIRING = {
+    "method": "peft LoraConfig when 'lora' (none for 'full')",
+    "beta": "DPOConfig.beta",
+    "nll_weight": "DPOConfig.loss_type / loss_weights ([sigmoid, sft], [1, w])",
+    "learning_rate": "DPOConfig.learning_rate",
+    "epochs": "DPOConfig.num_train_epochs",
+    "batch_size": "DPOConfig.per_device_train_batch_size",
+    "grad_accum": "DPOConfig.gradient_accumulation_steps",
+    "lr_scheduler": "DPOConfig.lr_scheduler_type",
+    "warmup_ratio": "DPOConfig.warmup_steps (a float < 1 is a ratio)",
+    "max_length": "DPOConfig.max_length",
+    "precision": "DPOConfig.bf16 / use_cpu, and the dtype the model is loaded in",
+    "gradient_checkpointing": "DPOConfig.gradient_checkpointing",
+    "save_steps": "DPOConfig.save_strategy / save_steps",
+    "save_total_limit": "DPOConfig.save_total_limit",
+    "lora": "peft LoraConfig r / lora_alpha / lora_dropout / target_modules",
+    "accelerate": "the `accelerate launch` command line (launch_command)",
+    "extra": "DPOConfig, passed through as given",
+}
+
+
 def dpo_kwargs(tc: TrainConfig, out: Path, seed: int) -> dict:
     """Keyword arguments for trl.DPOConfig (built without importing TRL, so --dry-run can check them)."""
     kw = dict(
         output_dir=str(out / "trainer"), per_device_train_batch_size=tc.batch_size,
         gradient_accumulation_steps=tc.grad_accum, learning_rate=tc.learning_rate, num_train_epochs=tc.epochs,
-        lr_scheduler_type=tc.lr_scheduler, warmup_steps=tc.warmup_ratio,  # a float < 1 is a ratio beta=tc.beta, max_length=tc.max_length,
+        lr_scheduler_type=tc.lr_scheduler,
+        warmup_steps=tc.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
+        beta=tc.beta, max_length=tc.max_length,
         loss_type=["sigmoid", "sft"] if tc.nll_weight > 0 else ["sigmoid"],
         loss_weights=[1.0, tc.nll_weight] if tc.nll_weight > 0 else [1.0],
         precompute_ref_log_probs=True, gradient_checkpointing=tc.gradient_checkpointing,
         bf16=tc.precision in ("bf16", "bf16_cpu"), use_cpu=tc.precision == "bf16_cpu",
-        save_strategy="steps" if tc.save_steps else "no", save_steps=tc.save_steps or 500, save_only_model=False,
+        save_strategy="steps" if tc.save_steps else "no", save_steps=tc.save_steps or 500,
+        save_total_limit=tc.save_total_limit, save_only_model=False,
         logging_steps=1, report_to=[], seed=seed, data_seed=seed, disable_tqdm=True, dataloader_num_workers=0,
         remove_unused_columns=False,
     )
     kw.update(tc.extra)
     return kw
+
+
+def lora_kwargs(tc: TrainConfig) -> dict | None:
+    """Keyword arguments for peft.LoraConfig (None for full fine-tuning)."""
+    if tc.method != "lora":
+        return None
+    return dict(r=tc.lora.r, lora_alpha=tc.lora.alpha, lora_dropout=tc.lora.dropout,
+                target_modules=tc.lora.target_modules, task_type="CAUSAL_LM")
 
 
 def check_dpo_kwargs(kw: dict) -> None:
@@ -69,6 +104,55 @@ def check_dpo_kwargs(kw: dict) -> None:
     if unknown:
         raise HarnessError(f"trl.DPOConfig has no field(s) {', '.join(unknown)} (train.extra or an unsupported TRL "
                            "version; harness pins trl 1.16)")
+
+
+def build_dpo_config(tc: TrainConfig, out: Path, seed: int, where: str = "train"):
+    """The real trl.DPOConfig of these settings (what the trainer gets; --dry-run builds it too). A value TRL or
+    transformers rejects becomes one line naming the section."""
+    from trl import DPOConfig
+
+    kw = dpo_kwargs(tc, out, seed)
+    check_dpo_kwargs(kw)
+    try:
+        return DPOConfig(**kw)
+    except (ValueError, TypeError) as e:
+        raise HarnessError(f"{where}: trl.DPOConfig rejects these settings: {str(e).splitlines()[0]}") from None
+
+
+def _checkpoint_complete(d: Path) -> bool:
+    """A trainer checkpoint that a kill did not cut short: transformers writes trainer_state.json last (after the
+    weights, optimizer, scheduler and RNG state), and rotation deletes whole folders, so check all of them."""
+    import json
+
+    try:
+        state = json.loads((d / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    weights = any((d / n).exists() for n in ("model.safetensors", "model.safetensors.index.json",
+                                             "adapter_model.safetensors", "pytorch_model.bin"))
+    optimizer = (d / "optimizer.pt").exists() or any(d.glob("global_step*"))  # DeepSpeed keeps its own folder
+    return weights and optimizer and state.get("global_step") == _step_of(d)
+
+
+def _step_of(d: Path) -> int:
+    try:
+        return int(d.name.rpartition("-")[2])
+    except ValueError:
+        return -1
+
+
+def resume_checkpoint(trainer_dir: Path) -> Path | None:
+    """The newest complete checkpoint-N under ``trainer_dir``; incomplete ones (a kill during a save) are removed
+    so that neither the resume nor the trainer's rotation trips over them."""
+    found = sorted((d for d in trainer_dir.glob("checkpoint-*") if d.is_dir()), key=_step_of, reverse=True)
+    best = None
+    for d in found:
+        if best is None and _checkpoint_complete(d):
+            best = d
+        elif best is None:
+            log.warning("%s is incomplete (interrupted while saving): removed", d)
+            shutil.rmtree(d, ignore_errors=True)
+    return best
 
 
 def _load_rows(ctx: StageContext, tokenizer_eot: str, fmt) -> list[dict]:
@@ -88,10 +172,10 @@ def run(ctx: StageContext) -> dict:
     from datasets import Dataset
     from rich.progress import Progress
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOTrainer
 
     from harness.backends import available_cores
-    from harness.models import CHAT_TEMPLATES
+    from harness.models import format_prompt
     from harness.ui import progress
 
     tc = ctx.cfg.train_for(ctx.iteration)
@@ -103,13 +187,7 @@ def run(ctx: StageContext) -> dict:
     if tok.eos_token != eot:  # TRL appends eos_token to completions that do not end with it
         tok.eos_token = eot
 
-    def fmt(instruction: str) -> str:
-        if spec.chat_template == "tokenizer":
-            return tok.apply_chat_template([{"role": "user", "content": instruction}], add_generation_prompt=True,
-                                           tokenize=False)
-        return CHAT_TEMPLATES[spec.chat_template].format(instruction=instruction)
-
-    rows = _load_rows(ctx, eot, fmt)
+    rows = _load_rows(ctx, eot, lambda instruction: format_prompt(spec, tok, instruction))
     if not rows:
         raise HarnessError("no training pairs")
     dtype = torch.bfloat16 if tc.precision == "bf16" else torch.float32
@@ -121,11 +199,8 @@ def run(ctx: StageContext) -> dict:
     if tc.method == "lora":
         from peft import LoraConfig
 
-        peft_config = LoraConfig(r=tc.lora.r, lora_alpha=tc.lora.alpha, lora_dropout=tc.lora.dropout,
-                                 target_modules=tc.lora.target_modules, task_type="CAUSAL_LM")
-    kw = dpo_kwargs(tc, ctx.out, ctx.cfg.seed)
-    check_dpo_kwargs(kw)
-    args = DPOConfig(**kw)
+        peft_config = LoraConfig(**lora_kwargs(tc))
+    args = build_dpo_config(tc, ctx.out, ctx.cfg.seed)
 
     bar_holder: dict = {}
 
@@ -147,9 +222,11 @@ def run(ctx: StageContext) -> dict:
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # logs go to train_metrics.json; the rich bar shows progress
-    resume = tc.save_steps is not None and any((ctx.out / "trainer").glob("checkpoint-*"))
+    resume = resume_checkpoint(ctx.out / "trainer") if tc.save_steps else None
+    if resume is not None:
+        log.info("iter %d train: resuming from %s", ctx.iteration, resume.name)
     t0 = time.time()
-    trainer.train(resume_from_checkpoint=True if resume else None)
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.time() - t0
     if not trainer.is_world_process_zero():
         return {}
