@@ -142,13 +142,11 @@ class TransformersBackend(Backend):
             ids[i, width - len(e):] = torch.tensor(e)
             attn[i, width - len(e):] = 1
         torch.manual_seed(seeds[0])
-        sample = temperature > 0
         with torch.no_grad():
-            gen = self.model.generate(
-                ids.to(self.device), attention_mask=attn.to(self.device), do_sample=sample,
-                temperature=temperature if sample else None, top_p=top_p if sample else None, top_k=None,
-                num_return_sequences=n, max_new_tokens=max_tokens, eos_token_id=self.stop_ids or tok.eos_token_id,
-                pad_token_id=pad_id, repetition_penalty=repetition_penalty)
+            gen = self.model.generate(ids.to(self.device), attention_mask=attn.to(self.device),
+                                      **self.generation_kwargs(n=n, temperature=temperature, top_p=top_p,
+                                                               max_tokens=max_tokens,
+                                                               repetition_penalty=repetition_penalty))
         rows = gen[:, width:].tolist()
         out: list[list[Completion]] = []
         for i in range(len(prompts)):
@@ -163,6 +161,16 @@ class TransformersBackend(Backend):
                 comps.append(Completion(_cut_stop(text, self.stop).strip(), n_tok, finished))
             out.append(comps)
         return out
+
+    def generation_kwargs(self, *, n, temperature, top_p, max_tokens, repetition_penalty=1.0) -> dict:
+        """What ``model.generate`` gets for these decoding settings (temperature 0: greedy)."""
+        tok = self.tokenizer
+        sample = temperature > 0
+        return dict(do_sample=sample, temperature=temperature if sample else None, top_p=top_p if sample else None,
+                    top_k=None, num_return_sequences=n, max_new_tokens=max_tokens,
+                    eos_token_id=self.stop_ids or tok.eos_token_id,
+                    pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+                    repetition_penalty=repetition_penalty)
 
     def score(self, prompts, responses):
         import torch
@@ -233,14 +241,18 @@ class VLLMBackend(Backend):
                        **engine_options)
 
     def generate(self, prompts, *, n, temperature, top_p, max_tokens, seeds, repetition_penalty=1.0):
-        from vllm import SamplingParams
-
-        params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=self.stop,
-                                 seed=seed, repetition_penalty=repetition_penalty)
-                  for seed in seeds]
+        params = self.sampling_params(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seeds=seeds,
+                                      repetition_penalty=repetition_penalty)
         outs = self.llm.generate([{"prompt": p} for p in prompts], params, use_tqdm=False)
         return [[Completion(c.text.strip(), len(c.token_ids), c.finish_reason == "stop") for c in o.outputs]
                 for o in outs]
+
+    def sampling_params(self, *, n, temperature, top_p, max_tokens, seeds, repetition_penalty=1.0) -> list:
+        """vLLM SamplingParams for these decoding settings, one per prompt (each with its own seed)."""
+        from vllm import SamplingParams
+
+        return [SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=self.stop,
+                               seed=seed, repetition_penalty=repetition_penalty) for seed in seeds]
 
     def score(self, prompts, responses):
         from vllm import SamplingParams

@@ -1,0 +1,304 @@
+"""Every setting reaches what it configures: the real trainer / backend objects are built from our config and
+checked, value by value (a setting that silently does nothing is the worst bug; issue 10).
+
+- train.*: the real trl.DPOConfig, peft.LoraConfig and the `accelerate launch` command, from a config in which every
+  field differs from its default; a TrainConfig field without a row in ``TRAIN_WIRING`` (or in ``TRAIN_VALUES``
+  here) fails the test.
+- sampling, reward and pair settings, top level and ``per_iteration``: the sample / reward / pairs stages run with
+  the real SmolLM2 behind a recording backend (the real transformers backend, subclassed to record its calls), and
+  each value is checked where it lands: the backend's generate arguments and ``model.generate`` kwargs, the seeds,
+  the scoring dtype, the log-prob sums and rewards, and the pairs' length unit, alpha grid, cap and dropped pairs.
+- eval decoding: the same for the X-AlpacaEval generation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from harness.config import TrainConfig, load_config, to_dict
+from harness.stages.train import TRAIN_WIRING, build_dpo_config, launch_command, lora_kwargs
+
+# every train.* field, a non-default value, and how to read it back from (DPOConfig, LoraConfig kwargs, launch cmd)
+TRAIN_VALUES = {
+    "method": ("lora", lambda d, lo, cmd: lo is not None),
+    "beta": (0.37, lambda d, lo, cmd: d.beta),
+    "nll_weight": (0.25, lambda d, lo, cmd: (d.loss_type, d.loss_weights) == (["sigmoid", "sft"], [1.0, 0.25])
+                   and 0.25),
+    "learning_rate": (3.0e-6, lambda d, lo, cmd: d.learning_rate),
+    "epochs": (2.0, lambda d, lo, cmd: d.num_train_epochs),
+    "batch_size": (3, lambda d, lo, cmd: d.per_device_train_batch_size),
+    "grad_accum": (5, lambda d, lo, cmd: d.gradient_accumulation_steps),
+    "lr_scheduler": ("linear", lambda d, lo, cmd: d.lr_scheduler_type.value),
+    "warmup_ratio": (0.05, lambda d, lo, cmd: d.warmup_steps),
+    "max_length": (321, lambda d, lo, cmd: d.max_length),
+    "precision": ("bf16_cpu", lambda d, lo, cmd: "bf16_cpu" if (d.bf16 and d.use_cpu) else None),
+    "gradient_checkpointing": (True, lambda d, lo, cmd: d.gradient_checkpointing),
+    "save_steps": (7, lambda d, lo, cmd: d.save_strategy.value == "steps" and d.save_steps),
+    "save_total_limit": (3, lambda d, lo, cmd: d.save_total_limit),
+    "lora": ({"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": ["q_proj"]},
+             lambda d, lo, cmd: {"r": lo.r, "alpha": lo.lora_alpha, "dropout": lo.lora_dropout,
+                                 "target_modules": sorted(lo.target_modules)}),
+    "accelerate": ({"config_file": "zero3.yaml", "num_processes": 2, "extra_args": ["--main_process_port", "29511"]},
+                   lambda d, lo, cmd: {"config_file": cmd[cmd.index("--config_file") + 1],
+                                       "num_processes": int(cmd[cmd.index("--num_processes") + 1]),
+                                       "extra_args": cmd[cmd.index("--num_processes") + 2:
+                                                         cmd.index("--num_processes") + 4]}),
+    "extra": ({"label_smoothing": 0.05}, lambda d, lo, cmd: {"label_smoothing": d.label_smoothing}),
+}
+
+
+def test_every_train_field_has_a_wiring_row():
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert set(TRAIN_WIRING) == fields, f"rows missing in TRAIN_WIRING: {fields - set(TRAIN_WIRING)}"
+    assert set(TRAIN_VALUES) == fields, f"rows missing in TRAIN_VALUES: {fields - set(TRAIN_VALUES)}"
+
+
+def _build(tc: TrainConfig, tmp_path: Path):
+    from peft import LoraConfig
+
+    kw = lora_kwargs(tc)
+    return (build_dpo_config(tc, tmp_path, 0), LoraConfig(**kw) if kw else None,
+            launch_command(tc, tmp_path, 1))
+
+
+def _train_overrides(prefix: str) -> list[str]:
+    return [f"{prefix}{k}={json.dumps(v)}" for k, (v, _) in TRAIN_VALUES.items()]
+
+
+@pytest.mark.parametrize("where", ["train", "per_iteration", "stage0"])
+def test_every_train_setting_reaches_the_trainer(where, tmp_path):
+    """Top level, a per_iteration override and a stage-0 override: each value arrives in the real objects."""
+    defaults = to_dict(TrainConfig())
+    for k, (v, _) in TRAIN_VALUES.items():
+        assert v != defaults[k], f"train.{k}: the test value equals the default, so it proves nothing"
+    if where == "train":
+        cfg, _ = load_config(None, _train_overrides("train."))
+        tc = cfg.train_for(1)
+    elif where == "per_iteration":
+        cfg, _ = load_config(None, ["iterations=2", "per_iteration=" + json.dumps(
+            {2: {"train": {k: v for k, (v, _) in TRAIN_VALUES.items()}}})])
+        tc = cfg.train_for(2)
+        assert cfg.train_for(1) == TrainConfig()  # only iteration 2 changes
+    else:
+        cfg, _ = load_config(None, ["stage0.train=" + json.dumps({k: v for k, (v, _) in TRAIN_VALUES.items()})])
+        tc = cfg.train_for(0)
+        assert cfg.train_for(1) == TrainConfig()
+    dpo, lora, cmd = _build(tc, tmp_path)
+    for k, (v, read) in TRAIN_VALUES.items():
+        got = read(dpo, lora, cmd)
+        want = True if k == "method" else ({**v, "target_modules": sorted(v["target_modules"])} if k == "lora" else v)
+        assert got == want, f"train.{k}={v!r} arrived as {got!r}"
+
+
+def test_defaults_reach_the_trainer_too(tmp_path):
+    """The paper's beta 0.1 and max_length 4096 are our defaults: they must arrive, not TRL's own defaults."""
+    cfg, _ = load_config(None, ["train.max_length=4096", "train.beta=0.1"])
+    dpo, lora, _ = _build(cfg.train_for(1), tmp_path)
+    assert (dpo.beta, dpo.max_length, dpo.learning_rate, lora) == (0.1, 4096, 5e-7, None)
+
+
+def test_lr_schedulers_are_transformers_own():
+    from transformers.trainer_utils import SchedulerType
+
+    from harness.config import LR_SCHEDULERS
+
+    assert set(LR_SCHEDULERS) == {s.value for s in SchedulerType}
+
+
+@pytest.mark.vllm
+def test_vllm_sampling_params_carry_every_decoding_setting():
+    from harness.backends import VLLMBackend
+
+    fake_self = SimpleNamespace(stop=["<|im_end|>"])
+    params = VLLMBackend.sampling_params(fake_self, n=3, temperature=0.55, top_p=0.85, max_tokens=17,
+                                         seeds=[11, 12], repetition_penalty=1.1)
+    assert [(p.n, p.temperature, p.top_p, p.max_tokens, p.seed, p.repetition_penalty, p.stop) for p in params] == [
+        (3, 0.55, 0.85, 17, 11, 1.1, ["<|im_end|>"]), (3, 0.55, 0.85, 17, 12, 1.1, ["<|im_end|>"])]
+
+
+# -- sampling, reward, pairs through the real stages -------------------------------------------------------------
+CALLS: list[tuple] = []
+
+
+def _spy_backend():
+    from harness.backends import TransformersBackend
+
+    class Recording(TransformersBackend):
+        """The real transformers backend, recording what it is asked and what it passes to the model."""
+
+        name = "recording"
+
+        def __init__(self, spec, **options):
+            CALLS.append(("init", spec.name, dict(options)))
+            super().__init__(spec, **options)
+
+        def generate(self, prompts, **kw):
+            CALLS.append(("generate", len(prompts), dict(kw)))
+            return super().generate(prompts, **kw)
+
+        def generation_kwargs(self, **kw):
+            out = super().generation_kwargs(**kw)
+            CALLS.append(("model.generate", dict(out)))
+            return out
+
+        def score(self, prompts, responses):
+            out = super().score(prompts, responses)
+            CALLS.append(("score", self.spec.name, list(responses), out))
+            return out
+
+    return Recording
+
+
+@pytest.fixture
+def recording_backend():
+    from harness.registry import REGISTRY
+
+    REGISTRY.add("backends", "recording", _spy_backend(), "test: records calls", replace=True)
+    CALLS.clear()
+    yield CALLS
+    REGISTRY.remove("backends", "recording")
+
+
+@pytest.fixture(scope="module")
+def perturbed_policy(tmp_path_factory, smollm2):
+    """pi_0 != pi_ref, so rewards are not all zero: SmolLM2 with its final norm scaled by 1.1 (a local folder)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("perturbed") / "pi0"
+    model = AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.float32)
+    with torch.no_grad():
+        model.model.norm.weight.mul_(1.1)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(smollm2).save_pretrained(out)
+    return out
+
+
+TOP = {"sample": {"n": 3, "temperature": 0.7, "top_p": 0.8, "max_tokens": 6, "chunk": 2},
+       "reward": {"logprob_mode": "code_exact", "round_decimals": 2, "beta": 0.5, "dtype": "float32"},
+       "pairs": {"length_unit": "tokens", "drop_degenerate": True, "alpha_step": 0.05, "upper_bound": 1.5}}
+PER_ITER = {"sample": {"n": 2, "temperature": 1.3, "top_p": 0.95, "max_tokens": 5},
+            "reward": {"logprob_mode": "standard", "round_decimals": 3, "beta": 2.0},
+            "pairs": {"length_unit": "chars", "drop_degenerate": False, "alpha_step": 0.1, "upper_bound": -2.0}}
+
+
+def _expected(per_iteration: bool) -> dict:
+    out = json.loads(json.dumps(TOP))
+    if per_iteration:
+        for section, values in PER_ITER.items():
+            out[section].update(values)
+    return out
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("per_iteration", [False, True], ids=["top-level", "per_iteration"])
+def test_sample_reward_pairs_settings_arrive(per_iteration, recording_backend, perturbed_policy, tmp_path):
+    from harness.backends import derive_seed
+    from harness.io import read_json, read_jsonl
+    from harness.pairs import select_pairs
+    from harness.pipeline import Pipeline
+
+    overrides = ["run_name=wiring", "seed=11", "languages=[en,es]", "iterations=1",
+                 f"models.policy={perturbed_policy}", "prompts.limit=2", "backend.sample=recording",
+                 "backend.score=recording", "reward.chunk=2"]
+    overrides += [f"{section}.{k}={json.dumps(v)}" for section, kv in TOP.items() for k, v in kv.items()]
+    if per_iteration:
+        overrides.append("per_iteration=" + json.dumps({1: PER_ITER}))
+    want = _expected(per_iteration)
+    cfg, _ = load_config(None, overrides)
+    pipe = Pipeline(cfg, tmp_path / "runs")
+    for t in pipe.plan():
+        if t.iteration == 1 and t.stage in ("sample", "reward", "pairs"):
+            pipe.execute(t)
+    root = pipe.layout.root / "iter_1"
+    s, r, p = want["sample"], want["reward"], want["pairs"]
+
+    # sampling: the stage's call, the model.generate kwargs, and the per-prompt seeds
+    gens = [c[2] for c in CALLS if c[0] == "generate"]
+    assert gens and all((g["n"], g["temperature"], g["top_p"], g["max_tokens"]) ==
+                        (s["n"], s["temperature"], s["top_p"], s["max_tokens"]) for g in gens)
+    model_kw = [c[1] for c in CALLS if c[0] == "model.generate"]
+    assert all((k["num_return_sequences"], k["temperature"], k["top_p"], k["max_new_tokens"], k["do_sample"]) ==
+               (s["n"], s["temperature"], s["top_p"], s["max_tokens"], True) for k in model_kw)
+    rows = read_jsonl(root / "sample" / "responses.jsonl")
+    expected_seeds = [derive_seed(11, 1, "sample", row["lang"], row["id"]) for row in rows]
+    assert [seed for g in gens for seed in g["seeds"]] == expected_seeds
+    assert all(len(row["responses"]) == s["n"] for row in rows)
+    assert all(x["n_tokens"] <= s["max_tokens"] for row in rows for x in row["responses"])
+
+    # reward: the scoring dtype reaches the backend; logprob_mode, rounding and beta reach every reward
+    inits = [c[2] for c in CALLS if c[0] == "init"]
+    assert inits[-2:] == [{"threads": None, "dtype": r["dtype"]}] * 2
+    raw = {}  # (model, response text) -> per-token log-probs the backend returned
+    for c in CALLS:
+        if c[0] == "score":
+            for text, lps in zip(c[2], c[3]):
+                raw[(c[1], text)] = lps
+    policy_name, ref_name = pipe.model(0).name, pipe.reference.name
+    assert policy_name != ref_name
+    rewards = read_jsonl(root / "reward" / "rewards.jsonl")
+    nonzero = 0
+    for row in rewards:
+        for x in row["responses"]:
+            def total(name):
+                lps = raw[(name, x["text"])]
+                return round(sum(lps[1:] if r["logprob_mode"] == "code_exact" else lps), r["round_decimals"])
+            assert x["policy_logp"] == total(policy_name) and x["ref_logp"] == total(ref_name)
+            assert x["reward"] == pytest.approx((total(policy_name) - total(ref_name)) * r["beta"], abs=1e-9)
+            assert x["scored_tokens"] == len(raw[(policy_name, x["text"])]) - (r["logprob_mode"] == "code_exact")
+            nonzero += x["reward"] != 0
+    assert nonzero > 0
+
+    # pairs: length unit, alpha grid, upper bound and dropped degenerate pairs, against an independent selection
+    summary = read_json(root / "pairs" / "summary.json")
+    trace = (root / "pairs" / "alpha_trace.csv").read_text().splitlines()[1:]
+    pairs = read_jsonl(root / "pairs" / "pairs.jsonl")
+    for lang in ("en", "es"):
+        lrows = [row for row in rewards if row["lang"] == lang]
+        R = [[x["reward"] for x in row["responses"]] for row in lrows]
+        L = [[len(x["text"]) if p["length_unit"] == "chars" else x["n_tokens"] for x in row["responses"]]
+             for row in lrows]
+        sel = select_pairs(R, L, length_control=True, step=p["alpha_step"], alpha_max=1.0,
+                           upper_bound=p["upper_bound"])
+        info = summary[lang]
+        assert (info["length_unit"], info["upper_bound"], info["alpha"]) == (p["length_unit"], p["upper_bound"],
+                                                                             sel.alpha)
+        alphas = [float(line.split(",")[1]) for line in trace if line.startswith(lang + ",")]
+        assert len(alphas) == math.ceil(round(1.0 / p["alpha_step"], 6))
+        assert alphas[1] - alphas[0] == pytest.approx(p["alpha_step"])
+        kept = [pp for pp in pairs if pp["lang"] == lang]
+        want_pairs = [(row["id"], sel.chosen[i], sel.rejected[i]) for i, row in enumerate(lrows)
+                      if not (p["drop_degenerate"] and (sel.chosen[i] == sel.rejected[i] or
+                              row["responses"][sel.chosen[i]]["text"] == row["responses"][sel.rejected[i]]["text"]))]
+        assert [(pp["id"], pp["chosen_index"], pp["rejected_index"]) for pp in kept] == want_pairs
+        assert info["degenerate_dropped"] == (info["degenerate"] if p["drop_degenerate"] else 0)
+        assert all(pp[f"chosen_length"] == (len(pp["chosen"]) if p["length_unit"] == "chars" else
+                   next(x["n_tokens"] for row in lrows if row["id"] == pp["id"] for x in row["responses"]
+                        if x["text"] == pp["chosen"])) for pp in kept)
+
+
+@pytest.mark.model
+def test_eval_decoding_settings_arrive(recording_backend, tmp_path):
+    from harness.backends import derive_seed
+    from harness.evaluate import generate_outputs
+    from harness.io import read_json
+    from harness.models import resolve_model
+
+    cfg, _ = load_config(None, ["languages=[en,de]", "eval.enabled=true", "eval.limit=2", "eval.temperature=0.3",
+                                "eval.top_p=0.7", "eval.max_tokens=5", "eval.seed=5", "eval.backend=recording",
+                                "eval.chunk=1"])
+    paths = generate_outputs(resolve_model("smollm2-135m-instruct"), "pi_ref", tmp_path, cfg, ["en", "de"])
+    gens = [c[2] for c in CALLS if c[0] == "generate"]
+    assert len(gens) == 4 and all((g["n"], g["temperature"], g["top_p"], g["max_tokens"]) == (1, 0.3, 0.7, 5)
+                                  for g in gens)
+    model_kw = [c[1] for c in CALLS if c[0] == "model.generate"]
+    assert all((k["temperature"], k["top_p"], k["max_new_tokens"]) == (0.3, 0.7, 5) for k in model_kw)
+    ids = [r["id"] for lang in ("en", "de") for r in read_json(paths[lang])]
+    langs = ["en"] * 2 + ["de"] * 2
+    assert [g["seeds"][0] for g in gens] == [derive_seed(5, "eval", lang, i) for lang, i in zip(langs, ids)]
