@@ -228,12 +228,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # -- eval ----------------------------------------------------------------------------------------------------------
 def cmd_eval(args: argparse.Namespace) -> int:
     """Score one model (registered name or local folder) on X-AlpacaEval outside a run."""
+    import json
     import re
 
     from rich.table import Table
 
     from harness.config import load_config
-    from harness.evaluate import evaluate_model
+    from harness.evaluate import evaluate_model, preflight
     from harness.io import atomic_write_json
     from harness.models import resolve_model
     from harness.paths import RunLayout, runs_root
@@ -249,9 +250,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for key in ("limit", "judge", "judge_model", "judge_base_url", "reference", "lc_source", "max_tokens"):
         if getattr(args, key) is not None:
             overrides.append(f"eval.{key}={getattr(args, key)}")
+    if args.df_gamed is not None:
+        overrides.append(f"eval.df_gamed={json.dumps(args.df_gamed)}")  # quoted: a path stays a string in YAML
     if args.data_dir:
         overrides.append(f"data_dir={args.data_dir}")
     cfg, _ = load_config(None, overrides)
+    if args.df_gamed is not None and cfg.eval.lc_source != "official":
+        raise HarnessError(f"--df-gamed only applies to --lc-source official (not {cfg.eval.lc_source})")
+    preflight(cfg)  # API key, df_gamed.csv, reference outputs: before anything is loaded or written
     layout = RunLayout(runs_root(args.runs_dir) / name)
     _setup_logging(args.debug, layout.log)
     judge = make_judge(cfg)
@@ -265,15 +271,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
     table = Table(title=f"{spec.name} on X-AlpacaEval ({time.time() - t0:.0f} s)")
     for col in ("language", "n", "WR ± se", "LC ± se", "on-target", "reference", "LC source"):
         table.add_column(col)
+
+    def pm(value, se):  # None: undefined (e.g. one instruction: no standard error; too few rows for the LC GLM)
+        return "n/a" if value is None else f"{value:.1f}" + ("" if se is None else f" ± {se:.1f}")
+
     for lang, m in summary["per_language"].items():
-        lc = m["length_controlled_winrate"]
-        table.add_row(lang, str(m["n"]), f"{m['win_rate']:.1f} ± {m['standard_error']:.1f}",
-                      "n/a" if lc is None else f"{lc:.1f} ± {m['lc_standard_error']:.1f}",
+        table.add_row(lang, str(m["n"]), pm(m["win_rate"], m["standard_error"]),
+                      pm(m["length_controlled_winrate"], m["lc_standard_error"]),
                       f"{100 * m['on_target_rate']:.0f}%", m["reference"], m["lc_source"])
     avg = summary["average"]
     table.add_row("average", "", _fmt(avg["win_rate"]), _fmt(avg["length_controlled_winrate"]),
                   _fmt(avg["on_target_rate"], 100) + "%", "", "")
     console.print(table)
+    for lang, m in summary["per_language"].items():
+        if m.get("lc_note"):
+            console.print(f"LC n/a for {lang}: {m['lc_note']}")
     console.print(f"wrote: {layout.root / 'eval'}/<lang>/ (model_outputs.json, annotations.json, metrics.json), "
                   f"{layout.root / 'eval' / 'metrics.json'}; {summary['judge_calls']} judge calls")
     return 0
@@ -353,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--judge-base-url", help="OpenAI-compatible base URL of an API judge (key: $OPENAI_API_KEY)")
     e.add_argument("--reference", help="reference outputs: generator name or model_outputs.json")
     e.add_argument("--lc-source", choices=["official", "estimated", "minimal"])
+    e.add_argument("--df-gamed", metavar="PATH", help="with --lc-source official: a local copy of AlpacaEval's "
+                   "df_gamed.csv (default: the Hugging Face cache or a download)")
     e.add_argument("--max-tokens", type=int)
     e.add_argument("--runs-dir")
     e.add_argument("--run-name")

@@ -277,10 +277,20 @@ def _load_hub_prefs(repo: str, limit: int | None) -> tuple[list[PreferencePair],
 # -- X-AlpacaEval ------------------------------------------------------------------------------------------------
 XALPACA_N = 805
 DEFAULT_REFERENCE = "gpt-4-turbo-2024-04-09"
+REFERENCE_LANGUAGES = ("bn", "de", "en", "es", "fr", "ru", "sw", "th", "zh")  # DEFAULT_REFERENCE's, upstream
 ICR_XALPACA_RAW = ("https://raw.githubusercontent.com/ZNLP/Implicit-Cross-Lingual-Rewarding/"
                    f"{ICR_COMMIT}/data/x-alpacaeval/data/{{lang}}.json")
 ICR_REFERENCE_RAW = ("https://raw.githubusercontent.com/ZNLP/Implicit-Cross-Lingual-Rewarding/"
                      f"{ICR_COMMIT}/results/base_model/x-alpacaeval_format/{{lang}}/{{generator}}/model_outputs.json")
+
+
+def _as_id(value) -> int | None:
+    """An X-AlpacaEval id as written in a file: an integer or a string of digits (else None)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
 
 
 def eval_subset(limit: int | None) -> list[int]:
@@ -290,16 +300,25 @@ def eval_subset(limit: int | None) -> list[int]:
     return sorted({(i * XALPACA_N) // limit for i in range(limit)})
 
 
+def xalpaca_instructions_file(lang: str, configured_data_dir: str | None = None) -> Path | None:
+    """The X-AlpacaEval instructions of ``lang`` in the data directory, without reading them (None without a data
+    directory: they are downloaded when loaded)."""
+    root = data_dir(configured_data_dir, required=False)
+    if root is None:
+        return None
+    folder = root / "x-alpacaeval" / "instructions"
+    path = next((folder / n for n in (f"{lang}.json", f"{lang}.json.gz") if (folder / n).exists()), None)
+    if path is None:
+        raise HarnessError(f"no X-AlpacaEval instructions for language '{lang}'", folder / f"{lang}.json")
+    return path
+
+
 def load_xalpaca_instructions(lang: str, configured_data_dir: str | None = None) -> list[dict]:
     """805 rows {id (= AlpacaEval index), dataset, instruction}."""
     from harness.io import read_json
 
-    root = data_dir(configured_data_dir, required=False)
-    if root is not None:
-        folder = root / "x-alpacaeval" / "instructions"
-        path = next((folder / n for n in (f"{lang}.json", f"{lang}.json.gz") if (folder / n).exists()), None)
-        if path is None:
-            raise HarnessError(f"no X-AlpacaEval instructions for language '{lang}'", folder / f"{lang}.json")
+    path = xalpaca_instructions_file(lang, configured_data_dir)
+    if path is not None:
         shift = 0
     else:
         from harness.models import cache_dir
@@ -313,11 +332,38 @@ def load_xalpaca_instructions(lang: str, configured_data_dir: str | None = None)
     for i, r in enumerate(rows, start=1):
         if not isinstance(r, dict) or not isinstance(r.get("instruction"), str) or not r["instruction"].strip():
             raise HarnessError("missing or empty 'instruction'", path, i)
-        rid = int(r.get("id", i - 1 + shift)) - shift
+        if "id" in r and _as_id(r["id"]) is None:
+            raise HarnessError(f"'id' {r['id']!r} is not a whole number", path, i)
+        rid = (_as_id(r["id"]) if "id" in r else i - 1 + shift) - shift
         out.append({"id": rid, "dataset": r.get("dataset", ""), "instruction": r["instruction"]})
     if [r["id"] for r in out] != list(range(len(out))):
         raise HarnessError("ids are not 0..N-1 in order (X-AlpacaEval instruction i must be AlpacaEval index i)", path)
     return out
+
+
+def is_reference_file(source: str) -> bool:
+    """Whether a reference (``eval.reference`` / ``eval.references``) names a model_outputs.json, not a generator
+    or a model."""
+    return source.endswith((".json", ".json.gz")) or Path(source).expanduser().exists()
+
+
+def reference_outputs_file(lang: str, source: str, configured_data_dir: str | None = None) -> Path | None:
+    """Where the reference outputs for ``lang`` are, without reading them: the file ``source`` names, or the
+    generator's file in the data directory; None without a data directory (the ICR repository's file is downloaded
+    when loaded). A generator with no outputs for ``lang`` in the data directory is a HarnessError."""
+    if is_reference_file(source):
+        return Path(source).expanduser()
+    root = data_dir(configured_data_dir, required=False)
+    if root is None:
+        return None
+    folder = root / "x-alpacaeval" / "references" / source
+    path = next((folder / n for n in (f"{lang}.json.gz", f"{lang}.json") if (folder / n).exists()), None)
+    if path is None:
+        have = sorted(x.name.split(".")[0] for x in folder.glob("*.json*")) if folder.exists() else []
+        raise HarnessError(f"no '{source}' reference outputs for language '{lang}' (available: "
+                           f"{', '.join(have) or 'none'}); name another reference for it: "
+                           f"eval.references: {{{lang}: MODEL or model_outputs.json}}", folder)
+    return path
 
 
 def load_reference_outputs(lang: str, source: str, configured_data_dir: str | None = None) -> tuple[dict, str, str]:
@@ -326,34 +372,27 @@ def load_reference_outputs(lang: str, source: str, configured_data_dir: str | No
     Returns ({id: output}, generator name, where it came from)."""
     from harness.io import read_json
 
-    p = Path(source).expanduser()
-    if source.endswith(".json") or source.endswith(".json.gz") or p.exists():
-        path = p
-    else:
-        root = data_dir(configured_data_dir, required=False)
-        if root is not None:
-            folder = root / "x-alpacaeval" / "references" / source
-            path = next((folder / n for n in (f"{lang}.json.gz", f"{lang}.json") if (folder / n).exists()), None)
-            if path is None:
-                have = sorted(x.name.split(".")[0] for x in folder.glob("*.json*")) if folder.exists() else []
-                raise HarnessError(f"no '{source}' reference outputs for language '{lang}' (available: "
-                                   f"{', '.join(have) or 'none'}); name another reference for it: "
-                                   f"eval.references: {{{lang}: MODEL or model_outputs.json}}", folder)
-        else:
-            from harness.models import cache_dir
+    path = reference_outputs_file(lang, source, configured_data_dir)
+    if path is None:
+        from harness.models import cache_dir
 
-            path = _download(ICR_REFERENCE_RAW.format(lang=lang, generator=source),
-                                  cache_dir() / "data" / "x-alpacaeval-references" / source / f"{lang}.json")
+        path = _download(ICR_REFERENCE_RAW.format(lang=lang, generator=source),
+                         cache_dir() / "data" / "x-alpacaeval-references" / source / f"{lang}.json")
     rows = read_json(path)
     if not isinstance(rows, list):
         raise HarnessError("expected a JSON list in AlpacaEval model_outputs format", path)
     out, generator = {}, source
-    ids = [int(r["id"]) for r in rows if isinstance(r, dict) and str(r.get("id", "")).isdigit()]
-    shift = 1 if ids and min(ids) == 1 and max(ids) == len(rows) else 0  # upstream ICR files are 1-based
     for i, r in enumerate(rows, start=1):
         if not isinstance(r, dict) or not isinstance(r.get("output"), str):
             raise HarnessError("missing 'output'", path, i)
-        rid = int(r["id"]) - shift if "id" in r else i - 1
+        if "id" in r and _as_id(r["id"]) is None:
+            raise HarnessError(f"'id' {r['id']!r} is not a whole number (the X-AlpacaEval instruction id)", path, i)
+    ids = [_as_id(r["id"]) for r in rows if "id" in r]
+    shift = 1 if ids and min(ids) == 1 and max(ids) == len(rows) else 0  # upstream ICR files are 1-based
+    for i, r in enumerate(rows, start=1):
+        rid = _as_id(r["id"]) - shift if "id" in r else i - 1
+        if rid in out:
+            raise HarnessError(f"id {r.get('id', rid)!r} appears twice", path, i)
         out[rid] = r["output"]
         generator = r.get("generator", generator)
     return out, generator, str(path)

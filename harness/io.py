@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -27,6 +28,47 @@ def _open_text(path: Path, mode: str = "rt"):
     if path.suffix == ".gz":
         return gzip.open(path, mode, encoding="utf-8")
     return open(path, mode, encoding="utf-8")
+
+
+def _unreadable(path: Path, e: BaseException) -> HarnessError:
+    """One line for a file that cannot be read as text: not gzip (or cut short) though named .gz, not UTF-8, or an
+    OS error (a directory, no permission)."""
+    if isinstance(e, (gzip.BadGzipFile, EOFError, zlib.error)):
+        return HarnessError(f"not a valid gzip file, though the name ends in .gz ({e})", path)
+    if isinstance(e, UnicodeDecodeError):
+        return HarnessError(f"not UTF-8 text ({e.reason} at byte {e.start})", path)
+    return HarnessError(f"cannot read: {getattr(e, 'strerror', None) or e}", path)
+
+
+READ_ERRORS = (OSError, EOFError, zlib.error, UnicodeDecodeError)  # what _unreadable explains
+
+
+def check_gzip(path: str | Path) -> None:
+    """A file whose name ends in .gz must start with gzip's magic bytes: checked in two bytes, without reading it."""
+    path = Path(path)
+    if path.suffix != ".gz":
+        return
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(2)
+    except OSError as e:
+        raise _unreadable(path, e) from None
+    if head != b"\x1f\x8b":
+        raise HarnessError("not a valid gzip file, though the name ends in .gz", path)
+
+
+def check_output_file(path: str | Path, what: str = "output file") -> Path:
+    """Refuse, before any work is done, an output path that cannot become a file: an existing directory, a parent
+    that is a file, or a folder that cannot be written."""
+    path = Path(path)
+    if path.is_dir():
+        raise HarnessError(f"{what} is a directory; give a file name", path)
+    parent = next(p for p in path.absolute().parents if p.exists())  # the nearest existing folder above it
+    if not parent.is_dir():
+        raise HarnessError(f"{what}: {parent} is not a folder", path)
+    if not os.access(parent, os.W_OK):
+        raise HarnessError(f"{what}: the folder {parent} is not writable", path)
+    return path
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -66,8 +108,8 @@ def read_json(path: str | Path) -> Any:
             return json.load(fh)
     except json.JSONDecodeError as e:
         raise HarnessError(f"malformed JSON: {e.msg} (column {e.colno})", path, e.lineno) from None
-    except (UnicodeDecodeError, OSError) as e:
-        raise HarnessError(f"cannot read: {e}", path) from None
+    except READ_ERRORS as e:
+        raise _unreadable(path, e) from None
 
 
 def iter_jsonl(path: str | Path, tolerate_torn_tail: bool = False) -> Iterator[tuple[int, dict]]:
@@ -79,8 +121,11 @@ def iter_jsonl(path: str | Path, tolerate_torn_tail: bool = False) -> Iterator[t
     path = Path(path)
     if not path.exists():
         raise HarnessError("file does not exist", path)
-    with _open_text(path) as fh:
-        lines = fh.readlines()
+    try:
+        with _open_text(path) as fh:
+            lines = fh.readlines()
+    except READ_ERRORS as e:
+        raise _unreadable(path, e) from None
     for i, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -105,10 +150,15 @@ class JsonlAppender:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        if self.path.suffix == ".gz":
+            raise HarnessError("cannot append to a compressed file: resumable JSONL files are plain .jsonl", path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.rows: list[dict] = []
         if self.path.exists():
-            text = self.path.read_text(encoding="utf-8")
+            try:
+                text = self.path.read_text(encoding="utf-8")
+            except READ_ERRORS as e:
+                raise _unreadable(self.path, e) from None
             self.rows = [obj for _, obj in iter_jsonl(self.path, tolerate_torn_tail=True)]
             if text and not text.endswith("\n"):  # drop the torn tail so appends start on a clean line
                 atomic_write_jsonl(self.path, self.rows)

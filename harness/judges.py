@@ -120,6 +120,9 @@ class Judge:
                 progress_cb(len(idx))
         return [cache.get(k) for k in keys]
 
+    def preflight(self) -> None:
+        """Check what judging will need without loading a model or calling a server (HarnessError if missing)."""
+
     def _preferences(self, df) -> list[float]:
         raise NotImplementedError
 
@@ -193,17 +196,24 @@ class OpenAICompatJudge(Judge):
     def identity(self) -> dict:
         return {**super().identity(), "base_url": self.base_url}
 
-    def _preferences(self, df) -> list[float]:
-        import os
+    def preflight(self) -> None:
+        self._api_key()
 
-        from alpaca_eval.completion_parsers import logprob_parser
-        from alpaca_eval.decoders.openai import openai_completions
-        from alpaca_eval.utils import make_prompts
+    def _api_key(self) -> str:
+        import os
 
         key = os.environ.get(self.api_key_env)
         if not key:
             raise HarnessError(f"judge '{self.name}' needs an API key in the environment variable {self.api_key_env} "
-                               "(for a local vLLM server any non-empty value works)")
+                               "(eval.judge_api_key_env; for a local vLLM server any non-empty value works)")
+        return key
+
+    def _preferences(self, df) -> list[float]:
+        from alpaca_eval.completion_parsers import logprob_parser
+        from alpaca_eval.decoders.openai import openai_completions
+        from alpaca_eval.utils import make_prompts
+
+        key = self._api_key()
         prompts, _ = make_prompts(df, alpaca_eval_template(self.multilingual))
         try:
             out = openai_completions(

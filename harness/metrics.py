@@ -54,6 +54,8 @@ import logging
 import math
 import os
 import warnings
+import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -90,7 +92,7 @@ ANNOTATION_COLUMNS = ["results_dir", "generator", "generator_1", "annotator", "i
                       "len_2", "source"]
 SCORE_COLUMNS = ["results_dir", "generator", "reference", "n_total", "win_rate", "standard_error", "n_wins",
                  "n_wins_base", "n_draws", "discrete_win_rate", "length_controlled_winrate", "lc_standard_error",
-                 "lc_source", "avg_length", "source"]
+                 "lc_source", "lc_note", "avg_length", "source"]
 
 
 # -- readers -------------------------------------------------------------------------------------------------------
@@ -108,7 +110,8 @@ def load_annotations(path: str | Path) -> pd.DataFrame:
     """
     path = Path(path)
     if not path.is_file():
-        raise HarnessError("annotation file does not exist", path)
+        raise HarnessError("is a directory, not an annotation file" if path.is_dir() else
+                           "annotation file does not exist", path)
     name = path.name.lower()
     if name.endswith((".csv", ".csv.gz")):
         frame = _read_compact_csv(path)
@@ -155,6 +158,8 @@ def _read_annotations_json(path: Path) -> pd.DataFrame:
             pref = math.nan
         elif isinstance(pref, bool) or not isinstance(pref, (int, float)):
             raise HarnessError(f"{where}: preference {pref!r} is not a number", path, k)
+        if not _valid_preference(pref):
+            raise HarnessError(f"{where}: {PREFERENCE_RULE} (got {pref!r})", path, k)
         lens = []
         for out_key, len_key in (("output_1", "len_1"), ("output_2", "len_2")):
             if isinstance(r.get(out_key), str):
@@ -182,7 +187,7 @@ def _read_annotations_json(path: Path) -> pd.DataFrame:
 def _read_compact_csv(path: Path) -> pd.DataFrame:
     try:
         frame = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, EOFError) as e:
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, EOFError, zlib.error) as e:
         raise HarnessError(f"cannot read CSV: {str(e).splitlines()[0] if str(e) else type(e).__name__}", path) from None
     missing = [c for c in ("preference", "index") if c not in frame.columns]
     if "generator" not in frame.columns and "results_dir" not in frame.columns:
@@ -206,6 +211,10 @@ def _read_compact_csv(path: Path) -> pd.DataFrame:
             k = int(np.flatnonzero(bad.to_numpy())[0])
             raise HarnessError(f"column {col!r}: {frame[col].iloc[k]!r} is not a valid number", path, k + 2)
         frame[col] = values
+    bad = ~frame["preference"].map(_valid_preference)
+    if bad.any():
+        k = int(np.flatnonzero(bad.to_numpy())[0])
+        raise HarnessError(f"column 'preference': {PREFERENCE_RULE} (got {frame['preference'].iloc[k]!r})", path, k + 2)
     if "results_dir" not in frame.columns:
         frame["results_dir"] = frame["generator"]
     if "generator" not in frame.columns:
@@ -217,6 +226,16 @@ def _read_compact_csv(path: Path) -> pd.DataFrame:
     _check_index_range(frame["index"], path, first_row=2)
     frame[["results_dir", "generator"]] = frame[["results_dir", "generator"]].astype(str)
     return frame
+
+
+PREFERENCE_RULE = ("a preference must be in [1, 2] (1: the reference is better, 2: the model; 0 or 1.5: a draw) or "
+                   "null (the judge's reply was not parsed)")
+
+
+def _valid_preference(value: float) -> bool:
+    """AlpacaEval's encoding: [1, 2], 0 for a draw, NaN for an unparsed reply. Anything else is a broken file (its
+    rows would be dropped from WR but, through the GLM's soft labels, not from LC)."""
+    return math.isnan(value) or value == 0 or 1 <= value <= 2
 
 
 def _check_index_range(index: pd.Series, path: Path, first_row: int) -> None:
@@ -268,6 +287,11 @@ def load_many(paths: Sequence[str | Path] | str | Path) -> pd.DataFrame:
     """:func:`load_annotations` for several files, concatenated (a model may not appear in two files)."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
+    seen: set[Path] = set()
+    for p in paths:
+        if Path(p).resolve() in seen:
+            raise HarnessError("the same annotation file is given twice (its rows would be counted twice)", p)
+        seen.add(Path(p).resolve())
     frames = [load_annotations(p) for p in paths]
     if not frames:
         raise HarnessError("no annotation files given")
@@ -292,22 +316,53 @@ def _import_alpaca_eval():
     return get_winrate, GLM_INFO, fit_LogisticRegressionCV, make_dmatrix_for_model
 
 
+@contextmanager
+def _alpaca_eval_logging():
+    """alpaca_eval logs through the root logger (``logging.info("drop 1 outputs that are not preferences")``), and
+    the first such call on a root logger without handlers installs a stderr handler (``logging.basicConfig``) that
+    prints "INFO:root:..." raw from then on. While its metric functions run, root records below WARNING go to this
+    module's debug log instead; warnings still reach stderr as they would without handlers."""
+    root = logging.getLogger()
+
+    def to_debug(record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        log.debug("alpaca_eval: %s", record.getMessage())
+        return False
+
+    stand_in = logging.lastResort if not root.handlers and logging.lastResort is not None else None
+    root.addFilter(to_debug)
+    if stand_in is not None:
+        root.addHandler(stand_in)  # a handler is present, so logging.info() does not call basicConfig()
+    try:
+        yield
+    finally:
+        root.removeFilter(to_debug)
+        if stand_in is not None:
+            root.removeHandler(stand_in)
+
+
 def _plain(value: Any) -> Any:
+    """numpy scalars as Python numbers; NaN (undefined, e.g. the standard error of one row) as None: metrics are
+    written as JSON, which has no NaN."""
     if isinstance(value, (np.integer,)):
         return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
     return value
 
 
 def win_rate(preferences: Iterable[float] | pd.Series) -> dict[str, Any]:
     """AlpacaEval's ``get_winrate`` on a sequence of preferences (1 reference wins, 2 model wins, 1.5 or 0 draw,
     NaN / outside [1, 2] dropped): ``win_rate, standard_error, n_wins, n_wins_base, n_draws, n_total,
-    discrete_win_rate`` (rates in percent)."""
+    discrete_win_rate`` (rates in percent). What is undefined is None, never NaN: the standard error of fewer than
+    2 rows, the rates of no valid row."""
     get_winrate = _import_alpaca_eval()[0]
     prefs = pd.Series(list(preferences) if not isinstance(preferences, pd.Series) else preferences.to_numpy(),
                       dtype=float)
-    return {k: _plain(v) for k, v in get_winrate(pd.DataFrame({"preference": prefs})).items()}
+    with _alpaca_eval_logging():
+        result = get_winrate(pd.DataFrame({"preference": prefs}))
+    return {k: _plain(v) for k, v in result.items()}
 
 
 # -- length-controlled win rate ------------------------------------------------------------------------------------
@@ -323,23 +378,58 @@ class LCInputs:
     info: dict = field(default_factory=dict)
 
 
+def _df_gamed_missing(reason: str) -> HarnessError:
+    return HarnessError(f"--lc-source official needs AlpacaEval's {DF_GAMED_FILENAME} and it could not be fetched "
+                        f"from the Hugging Face Hub: {reason}. Download {DF_GAMED_URL} where there is internet and "
+                        "pass it with --df-gamed PATH (config: eval.df_gamed; Python: df_gamed=PATH), or use "
+                        "--lc-source estimated")
+
+
+def _hf_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def load_df_gamed(path: str | Path | None = None, cache_dir: str | Path | None = None) -> tuple[pd.DataFrame, str]:
     """AlpacaEval's ``df_gamed.csv``: a local copy, else the Hugging Face cache / Hub (never into site-packages)."""
     if path is None:
         try:
             from huggingface_hub import hf_hub_download
 
-            offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
             path = hf_hub_download(repo_id=HF_REPO_ID, filename=DF_GAMED_FILENAME, repo_type="dataset",
-                                   cache_dir=str(cache_dir) if cache_dir else None, local_files_only=offline)
+                                   cache_dir=str(cache_dir) if cache_dir else None, local_files_only=_hf_offline())
         except Exception as e:  # offline, not cached, no network, hub errors: all the same to the user
             reason = type(e).__name__ + (" (offline and not in the Hugging Face cache)" if "Local" in
                                          type(e).__name__ or "Offline" in type(e).__name__ else "")
-            raise HarnessError(f"--lc-source official needs AlpacaEval's {DF_GAMED_FILENAME} and it could not be "
-                               f"fetched from the Hugging Face Hub: {reason}. Download {DF_GAMED_URL} where there is "
-                               "internet and pass it with --df-gamed PATH (Python: df_gamed=PATH), or use "
-                               "--lc-source estimated") from None
+            raise _df_gamed_missing(reason) from None
     return read_gamed_csv(path), str(path)
+
+
+def check_df_gamed(path: str | Path | None = None, cache_dir: str | Path | None = None,
+                   timeout: float = 3.0) -> str:
+    """Whether ``lc_source: official`` will find df_gamed.csv, checked when a run is planned: the local copy
+    (read and checked), else the Hugging Face cache, else a HEAD request to the Hub (at most ``timeout`` seconds;
+    none when HF_HUB_OFFLINE is set). Returns where it will come from; HarnessError if from nowhere."""
+    if path is not None:
+        read_gamed_csv(path)
+        return str(path)
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    cached = try_to_load_from_cache(HF_REPO_ID, DF_GAMED_FILENAME, cache_dir=str(cache_dir) if cache_dir else None,
+                                    repo_type="dataset")
+    if isinstance(cached, str):
+        return cached
+    if _hf_offline():
+        raise _df_gamed_missing("HF_HUB_OFFLINE is set and it is not in the Hugging Face cache")
+    import urllib.request
+
+    url = f"{constants.ENDPOINT}/datasets/{HF_REPO_ID}/resolve/main/{DF_GAMED_FILENAME}"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
+            pass
+    except Exception as e:  # no network, DNS, timeout, HTTP error
+        raise _df_gamed_missing(f"not in the Hugging Face cache and {url} is unreachable "
+                                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    return url
 
 
 def read_gamed_csv(path: str | Path) -> pd.DataFrame:
@@ -431,27 +521,55 @@ def _featurize(rows: pd.DataFrame, inputs: LCInputs, formula: str, lam: float | 
     return xy_train, x_test, None
 
 
+def lc_undefined_reason(rows: pd.DataFrame, inputs: LCInputs) -> str | None:
+    """Why the LC GLM cannot be fitted on ``rows`` (None if it can): it needs 2 judged rows, length differences
+    that vary (they are standardised by their standard deviation), and, without gamed rows (``minimal``), as many
+    judged rows as alpaca_eval's cross-validation has folds."""
+    from alpaca_eval.metrics.glm_winrate import GLM_INFO
+
+    info = GLM_INFO[inputs.glm_name]
+    judged = int(rows["preference"].astype(float).map(lambda p: _valid_preference(p) and not math.isnan(p)).sum())
+    with_gamed = inputs.gamed is not None and bool(info["regularize_to_baseline_lambda"])
+    folds = 0 if with_gamed else int(info["kwargs"].get("n_splits", 0))
+    if judged < max(2, folds):
+        why = f" ({inputs.glm_name} cross-validates in {folds} folds)" if folds > 2 else ""
+        return f"LC needs at least {max(2, folds)} judged rows{why}, has {judged}"
+    spread = (rows["len_1"] - rows["len_2"]).astype(float).std()
+    if not (math.isfinite(spread) and spread > 0):
+        return "LC needs length differences (reference - model) that vary across rows; they are all equal"
+    return None
+
+
 def length_controlled_winrate(rows: pd.DataFrame, inputs: LCInputs) -> dict[str, Any]:
-    """LC of one model's rows (columns index, preference, len_1, len_2; generator/generator_1 optional)."""
+    """LC of one model's rows (columns index, preference, len_1, len_2; generator/generator_1 optional).
+
+    Where the GLM cannot be fitted (see :func:`lc_undefined_reason`) LC and its standard error are None and
+    ``lc_note`` says why; rows whose preference is not a valid one (NaN, or outside [1, 2] and not 0) are left out of
+    the fit, as they are out of the win rate."""
     _, GLM_INFO, fit_LogisticRegressionCV, make_dmatrix_for_model = _import_alpaca_eval()
     info = GLM_INFO[inputs.glm_name]
     gens = set(rows["generator"].dropna().astype(str)) if "generator" in rows else set()
     refs = set(rows["generator_1"].dropna().astype(str)) if "generator_1" in rows else set()
     if len(refs) == 1 and refs == gens:  # the reference against itself: 50 by construction (as AlpacaEval)
         return {"length_controlled_winrate": 50.0, "lc_standard_error": 0.0, "lc_source": inputs.source,
-                "glm_weights": {}}
+                "lc_note": None, "glm_weights": {}}
+    reason = lc_undefined_reason(rows, inputs)
+    if reason is not None:
+        return {"length_controlled_winrate": None, "lc_standard_error": None, "lc_source": inputs.source,
+                "lc_note": reason, "glm_weights": {}}
     xy, x_test, weight = _featurize(rows, inputs, info["formula"], info["regularize_to_baseline_lambda"],
                                     make_dmatrix_for_model)
-    keep = xy["preference"].notna().to_numpy()
+    keep = xy["preference"].between(0, 1).to_numpy()  # in [0, 1] after the shift: valid, not NaN
     xy = xy[keep]
     if weight is not None:
         weight = weight[keep]
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _alpaca_eval_logging():
         warnings.simplefilter("ignore")  # sklearn deprecation chatter from alpaca_eval's call
         model = fit_LogisticRegressionCV(xy, "preference", is_ytrue_proba=True, sample_weight=weight, **info["kwargs"])
     p = model.predict_proba(x_test)[:, 1]
-    return {"length_controlled_winrate": float(p.mean() * 100), "lc_standard_error": float(pd.Series(p).sem() * 100),
-            "lc_source": inputs.source, "glm_weights": dict(zip(x_test.columns, map(float, model.coef_[0])))}
+    return {"length_controlled_winrate": _plain(p.mean() * 100), "lc_standard_error": _plain(pd.Series(p).sem() * 100),
+            "lc_source": inputs.source, "lc_note": None,
+            "glm_weights": dict(zip(x_test.columns, map(float, model.coef_[0])))}
 
 
 # -- scoring -------------------------------------------------------------------------------------------------------
@@ -465,8 +583,8 @@ def score_frame(frame: pd.DataFrame, inputs: LCInputs) -> pd.DataFrame:
         out.append({"results_dir": rd, "generator": gen, "reference": ",".join(refs), **wr,
                     "length_controlled_winrate": lc["length_controlled_winrate"],
                     "lc_standard_error": lc["lc_standard_error"], "lc_source": lc["lc_source"],
-                    "avg_length": float(rows["len_2"].mean()), "source": ",".join(sorted(rows["source"].unique()))
-                    if "source" in rows else ""})
+                    "lc_note": lc["lc_note"] or "", "avg_length": float(rows["len_2"].mean()),
+                    "source": ",".join(sorted(rows["source"].unique())) if "source" in rows else ""})
     result = pd.DataFrame(out)
     return result[[c for c in SCORE_COLUMNS if c in result.columns]]
 
@@ -695,10 +813,20 @@ def add_score_annotations_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def _pm(value: float | None, se: float | None) -> str:
+    """``value ± se`` for the table; n/a where undefined (None or NaN)."""
+    def ok(x):
+        return x is not None and math.isfinite(x)
+
+    if not ok(value):
+        return "n/a"
+    return f"{value:.2f} ± {se:.2f}" if ok(se) else f"{value:.2f}"
+
+
 def cmd_score_annotations(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from harness.io import atomic_write_text
+    from harness.io import atomic_write_text, check_output_file
     from harness.ui import console
 
     if args.glm_weights and not args.difficulty_from:
@@ -707,6 +835,8 @@ def cmd_score_annotations(args: argparse.Namespace) -> int:
         raise HarnessError(f"--difficulty-from only applies to --lc-source estimated (not {args.lc_source})")
     if args.df_gamed and args.lc_source != "official":
         raise HarnessError(f"--df-gamed only applies to --lc-source official (not {args.lc_source})")
+    if args.out:
+        check_output_file(args.out, "--out")  # before any work: a directory or an unwritable place is refused now
     frame = load_many(args.paths)
     inputs = lc_inputs(args.lc_source, difficulty_from=args.difficulty_from, df_gamed=args.df_gamed,
                        glm_weights=args.glm_weights)
@@ -717,9 +847,11 @@ def cmd_score_annotations(args: argparse.Namespace) -> int:
         table.add_column(col, justify=justify)
     for r in result.sort_values("length_controlled_winrate", ascending=False).itertuples():
         table.add_row(r.results_dir, r.generator if r.generator != r.results_dir else "", str(r.n_total),
-                      f"{r.win_rate:.2f} ± {r.standard_error:.2f}",
-                      f"{r.length_controlled_winrate:.2f} ± {r.lc_standard_error:.2f}", f"{r.avg_length:.0f}")
+                      _pm(r.win_rate, r.standard_error), _pm(r.length_controlled_winrate, r.lc_standard_error),
+                      f"{r.avg_length:.0f}")
     console.print(table)
+    for r in result[result["lc_note"] != ""].itertuples():
+        console.print(f"LC n/a for {r.results_dir}: {r.lc_note}")
     where = "nothing was written"
     if args.out:
         out = atomic_write_text(args.out, result.to_csv(index=False))
@@ -730,7 +862,7 @@ def cmd_score_annotations(args: argparse.Namespace) -> int:
 
 
 __all__ = ["LC_SOURCES", "LCInputs", "add_score_annotations_parser", "build_estimated_difficulty",
-           "cmd_score_annotations", "estimate_difficulty_and_gamed", "fit_joint_glm", "lc_inputs",
-           "length_controlled_winrate", "load_annotations", "load_df_gamed", "load_many", "read_difficulty_csv",
-           "read_gamed_csv", "rebuild_estimated_presets", "score_annotations", "score_frame",
+           "check_df_gamed", "cmd_score_annotations", "estimate_difficulty_and_gamed", "fit_joint_glm", "lc_inputs",
+           "lc_undefined_reason", "length_controlled_winrate", "load_annotations", "load_df_gamed", "load_many",
+           "read_difficulty_csv", "read_gamed_csv", "rebuild_estimated_presets", "score_annotations", "score_frame",
            "synthesize_gamed_rows", "win_rate"]
