@@ -320,6 +320,16 @@ def cmd_ls(args: argparse.Namespace) -> int:
 # -- bench ---------------------------------------------------------------------------------------------------------
 def cmd_bench(args: argparse.Namespace) -> int:
     from harness.bench import run_bench
+    from harness.registry import REGISTRY
+
+    for flag, v in (("--prompts", args.prompts), ("--max-tokens", args.max_tokens)):
+        if v < 1:
+            raise HarnessError(f"{flag} must be >= 1, got {v}")
+    for name in args.backends:
+        try:
+            REGISTRY.get("backends", name)
+        except HarnessError as e:
+            raise HarnessError(f"--backends: {e.message}") from None
 
     run_bench(args.backends, n_prompts=args.prompts, max_tokens=args.max_tokens)
     from harness.ui import console
@@ -328,10 +338,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr (exit 2), like every other bad input."""
+
+    def error(self, message: str):
+        print(f"harness: error: {message} (see: {self.prog} --help)", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from harness import __version__
 
-    p = argparse.ArgumentParser(prog="harness", description="Iterative implicit cross-lingual rewarding (ICR) "
+    p = OneLineParser(prog="harness", description="Iterative implicit cross-lingual rewarding (ICR) "
                                 "for multilingual preference alignment.")
     p.add_argument("--version", action="version", version=f"harness {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -395,6 +413,12 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     # overrides may come before or after flags: `harness run demo --dry-run train.beta=0.2`
     extra = [x for x in rest if "=" in x and not x.startswith("-")]
+    flags = [x for x in rest if x.startswith("-")]
+    if flags:
+        parser.error(f"unrecognized arguments: {' '.join(flags)}")
+    stray = [x for x in rest if x not in extra]
+    if stray and hasattr(args, "overrides"):
+        parser.error(f"override '{stray[0]}' is not of the form section.key=value")
     if len(extra) != len(rest) or (extra and not hasattr(args, "overrides")):
         parser.error(f"unrecognized arguments: {' '.join(x for x in rest if x not in extra) or ' '.join(rest)}")
     # a list flag swallows overrides that follow it (`--languages de es eval.limit=3`): give them back

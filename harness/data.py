@@ -242,6 +242,8 @@ def load_english_prefs(source: str, limit: int | None = None) -> tuple[list[Pref
     if source.startswith("hub:"):
         return _load_hub_prefs(source.split(":", 1)[1], limit)
     path = BUILTIN_ENGLISH_PREFS if source == "builtin:english_prefs" else Path(source).expanduser()
+    if path.is_dir():
+        raise HarnessError("stage0.dataset is a directory; expected a JSONL file with prompt/chosen/rejected", path)
     pairs: list[PreferencePair] = []
     for row_no, row in iter_jsonl(path):
         for key in ("prompt", "chosen", "rejected"):
