@@ -31,7 +31,7 @@ from harness.ui import progress
 MAX_UNPARSED = 0.5  # share of judge replies that may fail to parse before the evaluation stops
 
 
-def preflight(cfg: RunConfig) -> None:
+def preflight(cfg: RunConfig, strict: bool = True) -> list[str]:
     """Check, when a run is planned (and by --dry-run), what its evaluation will need, so that a missing piece is
     found before hours of sampling and training, not after: loads no model, reads no large file and waits at most a
     few seconds on the network. Nothing to check when ``eval.enabled`` is false. HarnessError for:
@@ -42,22 +42,34 @@ def preflight(cfg: RunConfig) -> None:
     - an eval language without X-AlpacaEval instructions or without reference outputs (ar it ja ko have none
       unless ``eval.references`` names some), a reference file that does not exist or is not the gzip its name
       says, a reference model that does not resolve.
+
+    The judge's key and df_gamed.csv belong to the machine, not to the config: with ``strict=False`` (a dry run
+    planned on another machine) those two are returned as notes instead of raised.
     """
     from harness.judges import make_judge
 
     ec = cfg.eval
+    notes: list[str] = []
     if not ec.enabled:
-        return
-    make_judge(cfg).preflight()
-    if ec.lc_source == "official":
-        from harness.metrics import check_df_gamed
+        return notes
+    from harness.metrics import check_df_gamed
 
-        check_df_gamed(ec.df_gamed)
+    checks = [make_judge(cfg).preflight]
+    if ec.lc_source == "official":
+        checks.append(lambda: check_df_gamed(ec.df_gamed))
+    for check in checks:
+        try:
+            check()
+        except HarnessError as e:
+            if strict:
+                raise
+            notes.append(e.render())
     for lang in ec.languages or cfg.languages:
         instructions = xalpaca_instructions_file(lang, cfg.data_dir)
         if instructions is not None:
             check_gzip(instructions)
         _check_reference(lang, cfg)
+    return notes
 
 
 def _check_reference(lang: str, cfg: RunConfig) -> None:
@@ -174,6 +186,11 @@ def evaluate_model(spec: ModelSpec, label: str, out: Path, cfg: RunConfig, cache
     judge.preflight()  # fail early: before any generation
     lc = lc_inputs(ec.lc_source, df_gamed=ec.df_gamed)
     refs = {lang: _reference(lang, cfg, out) for lang in langs}
+    for ref_out, _, ref_src in refs.values():  # before generation: every evaluated id needs a reference answer
+        missing = [i for i in eval_subset(ec.limit) if i not in ref_out]
+        if missing:
+            raise HarnessError(f"reference outputs have no answer for X-AlpacaEval id {missing[0]} "
+                               f"({len(missing)} missing)", ref_src)
     model_paths = generate_outputs(spec, label, out, cfg, langs)
     cache = AnnotationCache(cache_path)
     per_lang = {}
@@ -181,10 +198,6 @@ def evaluate_model(spec: ModelSpec, label: str, out: Path, cfg: RunConfig, cache
         for lang in langs:
             rows = read_json(model_paths[lang])
             ref_out, ref_gen, ref_src = refs[lang]
-            missing = [r["id"] for r in rows if r["id"] not in ref_out]
-            if missing:
-                raise HarnessError(f"reference outputs have no answer for X-AlpacaEval id {missing[0]} "
-                                   f"({len(missing)} missing)", ref_src)
             with progress() as bar:
                 task = bar.add_task(f"eval {label} {lang}: judge", total=len(rows))
                 prefs = judge.judge([r["instruction"] for r in rows], [ref_out[r["id"]] for r in rows],

@@ -235,6 +235,10 @@ class Pipeline:
                 check_dpo_kwargs(dpo_kwargs(tc, self.layout.root, self.cfg.seed))
             else:
                 build_dpo_config(tc, self.layout.root, self.cfg.seed, where=where)
+        if self.cfg.eval.enabled:
+            from harness.evaluate import preflight
+
+            notes += preflight(self.cfg, strict=strict)
         return notes
 
     # -- execution -------------------------------------------------------------------------------------------------
