@@ -27,18 +27,30 @@ def test_ls_lists_every_kind_with_descriptions():
     assert "translate_en" in r.stderr and "Swahili" not in r.stderr
 
 
-def test_paper_preset_dry_run_prints_plan_without_models(tmp_path):
-    # the paper preset downloads random_3000 upstream; offline, point it at the local random_1000
-    r = run_cli("run", "paper", "--dry-run", "prompts.source=ultrafeedback-parallel/random_1000",
-                "prompts.limit=1000", "--runs-dir", str(tmp_path), env={"COLUMNS": "250"})
+def test_paper_preset_dry_run_plans_offline(tmp_path):
+    """The paper's prompts (upstream random_3000) are not local: the plan comes from prompts.limit, says what will be
+    downloaded, and reports what this CPU machine lacks (a GPU for bf16, the API key) without failing."""
+    r = run_cli("run", "paper", "--dry-run", "--runs-dir", str(tmp_path),
+                env={"COLUMNS": "250", "HARNESS_CACHE": str(tmp_path / "cache"), "OPENAI_API_KEY": ""})
     assert r.returncode == 0, r.stderr
     text = " ".join(r.stderr.split())
     assert "iter_1/sample" in text and "iter_2/train" in text and "iter_0/train" not in text
-    assert "5000 prompts x n=10 = 50000 samples" in text and "120,000,000 new tokens" in text
+    assert "15000 prompts x n=10 = 150000 samples" in text and "360,000,000 new tokens" in text
+    assert "random_3000 (de, en, es, fr, ru) from the ICR repository" in text and "will be downloaded" in text
     assert "iter_ref/eval" in text and "4025 X-AlpacaEval answers" in text
     assert "weighted_alpaca_eval_gpt4_turbo_multilingual judgements, LC official" in text
+    assert "precision bf16 needs a GPU" in text and "needs an API key" in text
     assert "dry run: nothing was loaded or written" in text
-    assert not (tmp_path / "paper").exists()
+    assert not (tmp_path / "paper").exists() and not (tmp_path / "cache").exists()
+
+
+def test_paper_preset_uses_the_authors_settings():
+    from harness.config import load_config, preset_path
+
+    cfg, _ = load_config(preset_path("paper"))
+    assert cfg.reward.translate_max_tokens == 8192  # the authors' R_t code
+    assert cfg.train.save_steps and cfg.train.max_length == 4096 and cfg.train.beta == 0.1
+    assert cfg.for_iteration(2).pairs.upper_bound == 500 and cfg.for_iteration(1).pairs.upper_bound is None
 
 
 @pytest.mark.parametrize("args,msg", [
