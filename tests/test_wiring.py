@@ -302,3 +302,37 @@ def test_eval_decoding_settings_arrive(recording_backend, tmp_path):
     ids = [r["id"] for lang in ("en", "de") for r in read_json(paths[lang])]
     langs = ["en"] * 2 + ["de"] * 2
     assert [g["seeds"][0] for g in gens] == [derive_seed(5, "eval", lang, i) for lang, i in zip(langs, ids)]
+
+
+# -- what each stage's hash covers ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("section,key,value,first", [
+    ("prompts", "limit", 3, "sample"), ("sample", "temperature", 0.5, "sample"), ("sample", "max_tokens", 9, "sample"),
+    ("backend", "options", {"max_model_len": 512}, "sample"), ("reward", "beta", 0.5, "reward"),
+    ("reward", "logprob_mode", "code_exact", "reward"), ("reward", "dtype", "bfloat16", "reward"),
+    ("pairs", "alpha_step", 0.01, "pairs"), ("pairs", "length_unit", "tokens", "pairs"),
+    ("pairs", "drop_degenerate", True, "pairs"), ("train", "beta", 0.2, "train"),
+    ("train", "max_length", 128, "train"),
+])
+@pytest.mark.parametrize("how", ["top-level", "per_iteration"])
+def test_each_stage_hash_covers_what_it_uses(section, key, value, first, how):
+    """Changing a setting (at the top level, or for iteration 2 only) reruns its stage and what follows, nothing
+    before it and no other iteration's stages (a per-iteration prompts change once reused stale samples)."""
+    from harness.pipeline import Pipeline
+
+    base = ["iterations=2", "prompts.limit=2", "languages=[en,es]"]
+    change = (f"{section}.{key}={json.dumps(value)}" if how == "top-level" else
+              "per_iteration=" + json.dumps({2: {section: {key: value}}}))
+    hashes = []
+    for overrides in (base, base + [change]):
+        cfg, _ = load_config(None, overrides)
+        hashes.append({(t.iteration, t.stage): t.hash for t in Pipeline(cfg, Path("/nonexistent")).plan()})
+    a, b = hashes
+    order = ["sample", "reward", "pairs", "train"]
+    changed_from = 1 if how == "top-level" else 2
+    retrains_pi0 = section == "train" and how == "top-level"  # stage 0 uses `train` too: everything follows
+    for (k, stage), h in a.items():
+        if k == 0:
+            assert (b[(k, stage)] != h) == retrains_pi0, "stage 0"
+            continue
+        after = retrains_pi0 or k > changed_from or (k == changed_from and order.index(stage) >= order.index(first))
+        assert (b[(k, stage)] != h) == after, f"iter_{k}/{stage}: changed={b[(k, stage)] != h}, expected {after}"
