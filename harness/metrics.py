@@ -214,7 +214,8 @@ def _read_compact_csv(path: Path) -> pd.DataFrame:
     bad = ~frame["preference"].map(_valid_preference)
     if bad.any():
         k = int(np.flatnonzero(bad.to_numpy())[0])
-        raise HarnessError(f"column 'preference': {PREFERENCE_RULE} (got {frame['preference'].iloc[k]!r})", path, k + 2)
+        raise HarnessError(f"column 'preference': {PREFERENCE_RULE} (got {frame['preference'].iloc[k]:g})",
+                           path, k + 2)
     if "results_dir" not in frame.columns:
         frame["results_dir"] = frame["generator"]
     if "generator" not in frame.columns:

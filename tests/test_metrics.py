@@ -6,7 +6,6 @@ correlation against the official length_controlled_winrate, for the estimated an
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import subprocess
@@ -18,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import assert_one_line_error, run_cli
 from harness import metrics as M
 from harness.errors import HarnessError
 
@@ -94,6 +94,51 @@ def test_win_rate_rules():
     wr = M.win_rate([1.0, 2.0, 1.5, 0, float("nan"), 3.0])
     assert wr["n_total"] == 4 and wr["n_draws"] == 2 and wr["win_rate"] == pytest.approx(50.0)
     assert isinstance(wr["n_wins"], int)
+
+
+def test_undefined_metrics_are_none_never_nan():
+    """One row has no standard error; no valid row has no rate: None (JSON null), never NaN."""
+    one = M.win_rate([1.7])
+    assert one["win_rate"] == pytest.approx(70.0) and one["standard_error"] is None and one["n_total"] == 1
+    none = M.win_rate([float("nan")])
+    assert none["win_rate"] is None and none["standard_error"] is None and none["n_total"] == 0
+
+
+def _rows(prefs, len_2=None):
+    n = len(prefs)
+    return pd.DataFrame({"index": range(n), "preference": prefs, "len_1": [100] * n,
+                         "len_2": len_2 or [40 + 37 * (i % 5) for i in range(n)], "generator": "m",
+                         "generator_1": "ref"})
+
+
+@pytest.mark.parametrize("source, prefs, len_2, note", [
+    ("estimated", [1.7], None, "at least 2 judged rows, has 1"),
+    ("estimated", [1.7, float("nan")], None, "at least 2 judged rows, has 1"),
+    ("minimal", [1.2, 1.8, 1.5, 1.9], None, "at least 5 judged rows (length_controlled_minimal cross-validates in 5 "
+                                            "folds), has 4"),
+    ("estimated", [1.2, 1.8, 1.5], [50, 50, 50], "length differences (reference - model) that vary"),
+])
+def test_lc_undefined_is_none_with_a_note(source, prefs, len_2, note):
+    lc = M.length_controlled_winrate(_rows(prefs, len_2), M.lc_inputs(source))
+    assert lc["length_controlled_winrate"] is None and lc["lc_standard_error"] is None
+    assert lc["lc_source"] == source and note in lc["lc_note"]
+
+
+def test_lc_defined_from_two_rows_and_ignores_invalid_preferences():
+    """Two judged rows are enough with gamed rows (estimated); minimal needs 5. A preference outside AlpacaEval's
+    encoding is left out of the LC fit exactly as it is left out of WR."""
+    est = M.lc_inputs("estimated")
+    two = M.length_controlled_winrate(_rows([1.9, 1.2]), est)
+    assert 0 < two["length_controlled_winrate"] < 100 and two["lc_standard_error"] is not None
+    assert two["lc_note"] is None
+    rows = _rows([1.2, 1.8, 1.5, 1.9, 1.1, 1.6])
+    minimal = M.length_controlled_winrate(rows, M.lc_inputs("minimal"))
+    assert 0 < minimal["length_controlled_winrate"] < 100
+    with_bad = pd.concat([rows, _rows([7.0]).assign(index=6, len_2=500)], ignore_index=True)
+    unparsed = with_bad.assign(preference=with_bad["preference"].where(with_bad["preference"] <= 2))
+    lc_bad = M.length_controlled_winrate(with_bad, est)["length_controlled_winrate"]
+    assert lc_bad == pytest.approx(M.length_controlled_winrate(unparsed, est)["length_controlled_winrate"], abs=1e-12)
+    assert M.win_rate(with_bad["preference"]) == M.win_rate(unparsed["preference"])
 
 
 # -- length-controlled win rate ------------------------------------------------------------------------------------
@@ -227,13 +272,40 @@ def test_official_offline_gives_one_clear_error(monkeypatch, tmp_path, ann_dir):
         M.lc_inputs("official", hf_cache_dir=tmp_path)
     msg = str(e.value)
     assert "\n" not in msg and "--df-gamed" in msg and "df_gamed.csv" in msg
-    # the same through the CLI command (no download attempted: offline)
-    args = _parser().parse_args(["score-annotations", str(ann_dir / "full" / "phi-2.json.gz"), "--lc-source",
-                                 "official"])
-    with pytest.raises(HarnessError, match="--df-gamed"):
-        args.fn(args)
+    # the same through the command line (no download attempted: offline, empty cache)
+    r = run_cli("score-annotations", str(ann_dir / "full" / "phi-2.json.gz"), "--lc-source", "official",
+                env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path)})
+    assert_one_line_error(r, "--df-gamed PATH", "df_gamed.csv")
     with pytest.raises(HarnessError, match="does not exist"):
         M.lc_inputs("official", df_gamed=tmp_path / "nope.csv")
+
+
+def test_check_df_gamed_finds_local_cached_or_fails_fast(tmp_path, monkeypatch):
+    """The planning-time check of lc_source official: a local copy, the Hugging Face cache, else a quick
+    reachability test of the Hub (here refused at once), never a long wait."""
+    import time
+
+    from huggingface_hub import constants
+
+    assert M.check_df_gamed(M.ESTIMATED_GAMED_CSV) == str(M.ESTIMATED_GAMED_CSV)
+    with pytest.raises(HarnessError, match="not a df_gamed file"):
+        M.check_df_gamed(M.ESTIMATED_DIFFICULTY_CSV)
+    snapshot = tmp_path / "datasets--tatsu-lab--alpaca_eval" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "df_gamed.csv").write_text(M.ESTIMATED_GAMED_CSV.read_text())
+    (tmp_path / "datasets--tatsu-lab--alpaca_eval" / "refs").mkdir()
+    (tmp_path / "datasets--tatsu-lab--alpaca_eval" / "refs" / "main").write_text("abc123")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert M.check_df_gamed(cache_dir=tmp_path) == str(snapshot / "df_gamed.csv")
+    empty = tmp_path / "empty"
+    with pytest.raises(HarnessError, match="HF_HUB_OFFLINE is set"):
+        M.check_df_gamed(cache_dir=empty)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # the discard port: connection refused
+    t0 = time.time()
+    with pytest.raises(HarnessError, match="unreachable") as e:
+        M.check_df_gamed(cache_dir=empty, timeout=3.0)
+    assert time.time() - t0 < 5 and "\n" not in str(e.value) and "--df-gamed" in str(e.value)
 
 
 # -- readers -------------------------------------------------------------------------------------------------------
@@ -373,24 +445,46 @@ def test_import_is_light():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
-# -- CLI -----------------------------------------------------------------------------------------------------------
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="harness")
-    M.add_score_annotations_parser(p.add_subparsers(dest="command", required=True))
-    return p
-
-
-def test_cli_score_annotations_writes_csv(ann_dir, tmp_path, capsys):
+# -- CLI (the real entry point, python -m harness, in a subprocess) ----------------------------------------------
+def test_cli_score_annotations_writes_csv(ann_dir, tmp_path):
     out = tmp_path / "scores.csv"
-    args = _parser().parse_args(["score-annotations", str(ann_dir / "full" / "alpaca-7b.json.gz"),
-                                 str(ann_dir / "full" / "NullModel.json.gz"), "--out", str(out)])
-    assert args.fn(args) == 0
+    paths = [str(ann_dir / "full" / "alpaca-7b.json.gz"), str(ann_dir / "full" / "NullModel.json.gz")]
+    r = run_cli("score-annotations", *paths, "--out", str(out), env={"COLUMNS": "200"})
+    assert r.returncode == 0, r.stderr[-2000:]
     df = pd.read_csv(out)
     assert sorted(df["results_dir"]) == ["NullModel", "alpaca-7b"] and (df["lc_source"] == "estimated").all()
     assert df["length_controlled_winrate"].between(0, 100).all()
-    err = capsys.readouterr().err
-    assert "wrote" in err and str(out) in err.replace("\n", "")
-    with pytest.raises(HarnessError, match="only applies"):
-        a = _parser().parse_args(["score-annotations", str(out), "--lc-source", "minimal", "--difficulty-from",
-                                  str(out)])
-        a.fn(a)
+    api = M.score_annotations(paths).set_index("results_dir")
+    for col in ("win_rate", "standard_error", "length_controlled_winrate", "lc_standard_error", "n_total"):
+        assert np.allclose(df.set_index("results_dir").loc[api.index, col], api[col], rtol=0, atol=1e-9), col
+    text = " ".join(r.stderr.split())
+    assert f"wrote {out} (2 rows)" in text and "LC: estimated" in text and "alpaca-7b" in text
+    assert "Traceback" not in r.stderr and "INFO:" not in r.stderr + r.stdout
+
+
+def test_cli_score_annotations_one_row_and_few_rows(tmp_path):
+    """A one-row file (pandas duplicate-label error before) scores: WR, no standard error, LC n/a with the reason;
+    minimal with fewer than 5 rows (sklearn error before) the same; a null preference ("drop 1 outputs") leaves no
+    raw alpaca-eval log line."""
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps([{"instruction": "q", "output_1": "aaaa", "output_2": "bb", "preference": 1.7,
+                                "index": 3}]))
+    out = tmp_path / "one.csv"
+    r = run_cli("score-annotations", str(one), "--out", str(out), env={"COLUMNS": "200"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    text = " ".join(r.stderr.split())
+    assert "70.00" in text and "LC n/a for one: LC needs at least 2 judged rows, has 1" in text
+    row = pd.read_csv(out).iloc[0]
+    assert row["win_rate"] == pytest.approx(70.0) and row["n_total"] == 1
+    assert np.isnan(row["standard_error"]) and np.isnan(row["length_controlled_winrate"])  # empty cells
+    assert "at least 2 judged rows" in row["lc_note"]
+    few = tmp_path / "few.json"
+    few.write_text(json.dumps([{"instruction": f"q{i}", "output_1": "a" * (9 + i), "output_2": "b" * (3 * i),
+                                "preference": None if i == 1 else 1.2 + 0.2 * i, "index": i} for i in range(4)]))
+    r = run_cli("score-annotations", str(few), "--lc-source", "minimal", env={"COLUMNS": "200"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    text = " ".join(r.stderr.split())
+    assert "LC n/a for few: LC needs at least 5 judged rows" in text and "has 3" in text
+    assert "INFO" not in r.stderr + r.stdout and "drop 1 outputs" not in r.stderr + r.stdout
+    r = run_cli("score-annotations", str(few), env={"COLUMNS": "200"})  # estimated: 3 judged rows are enough
+    assert r.returncode == 0 and "LC n/a" not in r.stderr and "INFO" not in r.stderr + r.stdout
