@@ -226,3 +226,23 @@ def test_unreadable_gzip_and_text_files_are_one_line(tmp_path):
     good.write_bytes(gzip.compress(b"[1]"))
     check_gzip(good)
     assert read_json(good) == [1]
+
+
+@pytest.mark.model
+def test_eval_limit_1_writes_null_metrics_and_takes_a_local_df_gamed(tmp_path):
+    """`harness eval --limit 1` crashed after judging (NaN into metrics.json, annotations without metrics); with
+    --lc-source official and a local --df-gamed (here a stand-in with df_gamed.csv's columns) it runs offline."""
+    from harness.metrics import ESTIMATED_GAMED_CSV
+
+    r = run_cli("eval", "smollm2-135m-instruct", "--languages", "de", "--limit", "1", "--max-tokens", "8",
+                "--lc-source", "official", "--df-gamed", str(ESTIMATED_GAMED_CSV), "--runs-dir", str(tmp_path),
+                env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hf"), "COLUMNS": "200"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "INFO:root" not in r.stderr + r.stdout and "LC n/a for de" in r.stderr
+    out = tmp_path / "eval-smollm2-135m-instruct" / "eval"
+    assert len(read_json(out / "de" / "annotations.json")) == 1
+    m = read_json(out / "de" / "metrics.json")
+    assert m["n_total"] == 1 and m["win_rate"] is not None and m["standard_error"] is None
+    assert m["length_controlled_winrate"] is None and "at least 2 judged rows" in m["lc_note"]
+    assert m["lc_source"] == "official" and m["lc_origin"] == str(ESTIMATED_GAMED_CSV)
+    assert read_json(out / "metrics.json")["average"]["length_controlled_winrate"] is None

@@ -226,9 +226,11 @@ def test_lc_minimal_is_alpaca_evals_length_controlled_minimal(prefs, leaderboard
     e = _errors(pd.Series({rd: M.length_controlled_winrate(prefs[prefs.results_dir == rd], minimal)
                            ["length_controlled_winrate"] for rd in scored}), official)
     print("\n" + _line("LC minimal (no difficulty, no gamed rows)", e))
-    assert e["n"] == 38
-    assert e["mae"] == pytest.approx(6.418, abs=0.01) and e["worst"] == "gpt4_gamed"
-    assert e["max"] == pytest.approx(27.045, abs=0.01) and e["spearman"] == pytest.approx(0.9311, abs=1e-3)
+    # pinned (measured 6.418, 27.045 on gpt4_gamed, 0.9311) with room for another CPU's rounding, which could flip
+    # one model's cross-validated C: a minimal LC that used a difficulty would land near the estimated 0.3-0.6
+    assert e["n"] == 38 and e["worst"] == "gpt4_gamed"
+    assert e["mae"] == pytest.approx(6.418, abs=0.1) and e["max"] == pytest.approx(27.045, abs=0.2)
+    assert e["spearman"] == pytest.approx(0.9311, abs=0.005)
 
 
 def test_lc_shipped_presets_in_sample(prefs, leaderboard):
