@@ -7,7 +7,9 @@ Per language, into ``<out>/<lang>/`` (AlpacaEval's own formats):
 - ``annotations.json``: ``[{instruction, output_1 (reference), generator_1, output_2 (model), generator_2,
   annotator, preference, dataset, index}]``;
 - ``metrics.json``: WR, SE, wins/draws/totals and avg length (alpaca-eval's functions), LC with its source, the
-  judge and the reference used, the on-target language rate and the detected-language counts.
+  judge and the reference used, the on-target language rate and the detected-language counts; null where a value is
+  undefined (the standard error of one instruction; LC below the rows its GLM needs, with ``lc_note``). It is
+  written together with ``annotations.json``, never one without the other.
 
 ``<out>/metrics.json`` aggregates the languages (their average, as the paper's Table 2). Judged pairs go to the
 annotation cache shared by the run, so an interrupted evaluation resumes and a rerun makes no judge call.

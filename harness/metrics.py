@@ -13,7 +13,8 @@ annotations; ``lc_source`` says where (each result records it):
 
 ``official``
     AlpacaEval's ``df_gamed.csv`` (Hugging Face dataset ``tatsu-lab/alpaca_eval``, cached by huggingface_hub, or a
-    local copy passed as ``df_gamed=`` / ``--df-gamed``). Identical to ``get_length_controlled_winrate`` (tested),
+    local copy passed as ``df_gamed=`` / ``--df-gamed`` / ``eval.df_gamed``; :func:`check_df_gamed` finds out at
+    planning time whether it will be there). Identical to ``get_length_controlled_winrate`` (tested),
     but nothing is written into site-packages and the instruction index is the explicit ``index`` column.
 ``estimated`` (default; works offline)
     Our own estimate, shipped in ``presets/data`` and rebuilt by :func:`rebuild_estimated_presets`:
@@ -40,6 +41,11 @@ annotations; ``lc_source`` says where (each result records it):
     numbers for those files by up to about 3 points.)
 ``minimal``
     AlpacaEval's ``length_controlled_minimal`` GLM: no instruction difficulty and no gamed rows.
+
+Where the GLM cannot be fitted (fewer than 2 judged rows; fewer than its 5 cross-validation folds without gamed
+rows, i.e. ``minimal``; length differences that do not vary) LC is None with ``lc_note`` saying why; undefined
+standard errors are None too, never NaN. Preferences follow AlpacaEval's encoding ([1, 2], 0 or 1.5 for a draw, null
+when unparsed); a file with any other value is refused with its row.
 
 X-AlpacaEval instruction *i* in every language is AlpacaEval instruction *i*, so the same difficulty applies to
 every language (as the paper's authors did with the official file).
