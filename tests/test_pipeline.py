@@ -133,3 +133,69 @@ def test_translate_en_lora_and_previous_reference(tiny_config, tmp_path):
     assert m["method"] == "lora" and m["param_change_l2"] > 0
     model = run / "iter_1/train/model"
     assert (model / "model.safetensors").exists() and not (model / "adapter_config.json").exists()
+
+
+def test_interrupted_forced_stage_keeps_the_previous_result(finished_run, tmp_path):
+    """--force 1:reward, killed mid-stage: the finished reward (and what follows) stays as it was; a rerun resumes the
+    forced stage and swaps it in only when complete."""
+    import shutil
+
+    cfg, _, ref_run, _ = finished_run
+    root = tmp_path / "forced"
+    shutil.copytree(ref_run, root / "tiny")
+    run = root / "tiny"
+    before = {p: (run / p).read_bytes() for p in ("iter_1/reward/_done.json", "iter_1/reward/rewards.jsonl",
+                                                   "iter_1/pairs/pairs.jsonl", "iter_1/train/_done.json")}
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "run", str(cfg), "--runs-dir", str(root), "--force",
+                             "1:reward"], cwd=REPO, env=dict(os.environ, CI="1"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    wait_for_lines(proc, run / "iter_1/reward.partial/policy_logps.jsonl", 2, 600)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert {p: (run / p).read_bytes() for p in before} == before
+    r = run_cli("run", str(cfg), "--runs-dir", str(root), "--debug")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "iter_1/reward: resume" in r.stderr
+    assert not (run / "iter_1/reward.partial").exists() and not (run / "iter_1/reward.old").exists()
+    assert read_jsonl(run / "iter_1/reward/rewards.jsonl") == read_jsonl(ref_run / "iter_1/reward/rewards.jsonl")
+
+
+KILL_IN_CHECKPOINT = """
+import os, signal, sys
+import transformers.trainer_callback as tc
+
+original = tc.TrainerState.save_to_json
+
+def save_to_json(self, path):
+    if "checkpoint-3" in path:  # weights, optimizer and RNG state of step 3 are written: cut trainer_state.json short
+        with open(path, "w") as fh:
+            fh.write('{"global_step": 3, "log_hist')
+            fh.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    original(self, path)
+
+tc.TrainerState.save_to_json = save_to_json
+from harness.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_kill_while_writing_a_checkpoint_resumes_from_the_newest_complete_one(tiny_config, tmp_path):
+    """SIGKILL while the trainer writes checkpoint-3 (trainer_state.json torn): the rerun drops that folder, resumes
+    from checkpoint-2 and ends with the weights of an uninterrupted run (it used to crash on every rerun)."""
+    cfg = tiny_config("iterations: 0\n", name="ckpt.yaml")
+    over = ["train.batch_size=1", "train.save_steps=1", "train.save_total_limit=3", "train.warmup_ratio=0.0"]
+    ref = run_cli("run", str(cfg), "--runs-dir", str(tmp_path / "ref"), *over)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    root = tmp_path / "killed"
+    killed = subprocess.run([sys.executable, "-c", KILL_IN_CHECKPOINT, "run", str(cfg), "--runs-dir", str(root), *over],
+                            cwd=REPO, env=dict(os.environ, CI="1"), capture_output=True, text=True, timeout=900)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    trainer = root / "tiny/iter_0/train.partial/trainer"
+    assert (trainer / "checkpoint-3/model.safetensors").exists() and (trainer / "checkpoint-2").exists()
+    r = run_cli("run", str(cfg), "--runs-dir", str(root), *over)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "checkpoint-3 is incomplete" in r.stderr and "resuming from checkpoint-2" in r.stderr
+    a, b = _tensors(root / "tiny/iter_0/train/model"), _tensors(tmp_path / "ref/tiny/iter_0/train/model")
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    assert read_json(root / "tiny/iter_0/train/train_metrics.json")["steps"] == 4
