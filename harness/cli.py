@@ -236,7 +236,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from harness.config import load_config
     from harness.evaluate import evaluate_model, preflight
     from harness.io import atomic_write_json
-    from harness.models import resolve_model
+    from harness.models import resolve_model, with_template
     from harness.paths import RunLayout, runs_root
     from harness.judges import make_judge
     from harness.ui import console
@@ -253,8 +253,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.df_gamed is not None:
         overrides.append(f"eval.df_gamed={json.dumps(args.df_gamed)}")  # quoted: a path stays a string in YAML
     if args.data_dir:
-        overrides.append(f"data_dir={args.data_dir}")
+        overrides.append(f"data_dir={json.dumps(args.data_dir)}")
+    for key in ("chat_template", "eot"):
+        if getattr(args, key) is not None:
+            overrides.append(f"models.{key}={json.dumps(getattr(args, key))}")
+    if args.stop is not None:
+        overrides.append(f"models.stop={json.dumps(args.stop)}")
     cfg, _ = load_config(None, overrides)
+    # a checkpoint folder gets the tokenizer's template and EOS unless told otherwise (e.g. the paper's Llama-3 ones)
+    spec = with_template(spec, cfg.models.chat_template, cfg.models.eot, cfg.models.stop)
     if args.df_gamed is not None and cfg.eval.lc_source != "official":
         raise HarnessError(f"--df-gamed only applies to --lc-source official (not {cfg.eval.lc_source})")
     preflight(cfg)  # API key, df_gamed.csv, reference outputs: before anything is loaded or written
@@ -386,6 +393,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--df-gamed", metavar="PATH", help="with --lc-source official: a local copy of AlpacaEval's "
                    "df_gamed.csv (default: the Hugging Face cache or a download)")
     e.add_argument("--max-tokens", type=int)
+    e.add_argument("--chat-template", help="prompt format of MODEL: tokenizer (a folder's default), llama3_no_system "
+                   "(the paper's checkpoints) or a string with {instruction}")
+    e.add_argument("--eot", help="end-of-turn string of MODEL (default: its tokenizer's EOS), e.g. '<|eot_id|>'")
+    e.add_argument("--stop", nargs="+", help="stop strings for generation (default: the end-of-turn string)")
     e.add_argument("--runs-dir")
     e.add_argument("--run-name")
     e.add_argument("--data-dir")
@@ -422,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(extra) != len(rest) or (extra and not hasattr(args, "overrides")):
         parser.error(f"unrecognized arguments: {' '.join(x for x in rest if x not in extra) or ' '.join(rest)}")
     # a list flag swallows overrides that follow it (`--languages de es eval.limit=3`): give them back
-    for name in ("languages", "backends"):
+    for name in ("languages", "backends", "stop"):
         values = getattr(args, name, None)
         if values and hasattr(args, "overrides"):
             extra += [v for v in values if "=" in v]

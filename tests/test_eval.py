@@ -246,3 +246,22 @@ def test_eval_limit_1_writes_null_metrics_and_takes_a_local_df_gamed(tmp_path):
     assert m["length_controlled_winrate"] is None and "at least 2 judged rows" in m["lc_note"]
     assert m["lc_source"] == "official" and m["lc_origin"] == str(ESTIMATED_GAMED_CSV)
     assert read_json(out / "metrics.json")["average"]["length_controlled_winrate"] is None
+
+
+def test_eval_of_a_folder_takes_a_chat_template_and_stop_strings(smollm2, tmp_path):
+    """A checkpoint folder defaults to its tokenizer's template and EOS; --chat-template / --eot / --stop set them
+    (the paper's checkpoints need the Llama-3 template and <|eot_id|>), and they reach the prompts."""
+    from harness.models import format_prompt, resolve_model, with_template
+
+    folder = resolve_model(str(smollm2))
+    assert (folder.chat_template, folder.eot, folder.stop) == ("tokenizer", None, ())
+    spec = with_template(folder, "llama3_no_system", "<|eot_id|>")
+    assert spec.stop == ("<|eot_id|>",)
+    assert format_prompt(spec, None, "Hi").startswith("<|begin_of_text|><|start_header_id|>user<|end_header_id|>")
+    r = run_cli("eval", str(smollm2), "--languages", "en", "--limit", "1", "--max-tokens", "4", "--chat-template",
+                "Question: {instruction}\nAnswer:", "--eot", "<|im_end|>", "--stop", "Question:", "<|im_end|>",
+                "--runs-dir", str(tmp_path), "--run-name", "tmpl")
+    assert r.returncode == 0, r.stderr[-2000:]
+    model = read_json(tmp_path / "tmpl" / "run.json")["model"]
+    assert (model["chat_template"], model["eot"], model["stop"]) == ("Question: {instruction}\nAnswer:", "<|im_end|>",
+                                                                     ["Question:", "<|im_end|>"])
