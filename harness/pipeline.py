@@ -295,14 +295,12 @@ class Pipeline:
                 "versions": package_versions(),
                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
             (partial / PARTIAL).unlink()
+        old = final.with_name(final.name + ".old")  # a kill between the two renames leaves it: removed next time
+        shutil.rmtree(old, ignore_errors=True)
         if final.exists():
-            old = final.with_name(final.name + ".old")
-            shutil.rmtree(old, ignore_errors=True)
             os.replace(final, old)
-            os.replace(partial, final)
-            shutil.rmtree(old)
-        else:
-            os.replace(partial, final)
+        os.replace(partial, final)
+        shutil.rmtree(old, ignore_errors=True)
 
     def _run_stage(self, t: Task, out: Path) -> dict:
         if t.stage == "train":

@@ -137,6 +137,7 @@ def _spy_backend():
         def __init__(self, spec, **options):
             CALLS.append(("init", spec.name, dict(options)))
             super().__init__(spec, **options)
+            CALLS.append(("loaded", spec.name, str(self.model.dtype).replace("torch.", "")))
 
         def generate(self, prompts, **kw):
             CALLS.append(("generate", len(prompts), dict(kw)))
@@ -181,11 +182,24 @@ def perturbed_policy(tmp_path_factory, smollm2):
 
 
 TOP = {"sample": {"n": 3, "temperature": 0.7, "top_p": 0.8, "max_tokens": 6, "chunk": 2},
-       "reward": {"logprob_mode": "code_exact", "round_decimals": 2, "beta": 0.5, "dtype": "float32"},
-       "pairs": {"length_unit": "tokens", "drop_degenerate": True, "alpha_step": 0.05, "upper_bound": 1.5}}
+       "reward": {"logprob_mode": "code_exact", "round_decimals": 2, "beta": 0.5, "dtype": "bfloat16", "chunk": 2},
+       "pairs": {"length_unit": "tokens", "drop_degenerate": True, "alpha_step": 0.05, "alpha_max": 0.5,
+                 "upper_bound": 1.5, "length_control": True}}
 PER_ITER = {"sample": {"n": 2, "temperature": 1.3, "top_p": 0.95, "max_tokens": 5},
-            "reward": {"logprob_mode": "standard", "round_decimals": 3, "beta": 2.0},
-            "pairs": {"length_unit": "chars", "drop_degenerate": False, "alpha_step": 0.1, "upper_bound": -2.0}}
+            "reward": {"logprob_mode": "standard", "round_decimals": 3, "beta": 2.0, "dtype": "float32"},
+            "pairs": {"length_unit": "chars", "drop_degenerate": False, "alpha_step": 0.1, "upper_bound": -2.0,
+                      "length_control": False}}
+# reward settings proven by other tests: reference (pi_{t-1}) and translate_max_tokens (R_t) in test_pipeline.py
+REWARD_ELSEWHERE = {"reference", "translate_max_tokens"}
+
+
+def test_stage_wiring_tests_cover_every_setting():
+    """A new sample / reward / pairs setting must be added to the wiring test below (or proven elsewhere)."""
+    from harness.config import PairsConfig, RewardConfig, SampleConfig
+
+    for cls, section, elsewhere in ((SampleConfig, "sample", set()), (RewardConfig, "reward", REWARD_ELSEWHERE),
+                                    (PairsConfig, "pairs", set())):
+        assert {f.name for f in dataclasses.fields(cls)} == set(TOP[section]) | elsewhere, section
 
 
 def _expected(per_iteration: bool) -> dict:
@@ -206,7 +220,7 @@ def test_sample_reward_pairs_settings_arrive(per_iteration, recording_backend, p
 
     overrides = ["run_name=wiring", "seed=11", "languages=[en,es]", "iterations=1",
                  f"models.policy={perturbed_policy}", "prompts.limit=2", "backend.sample=recording",
-                 "backend.score=recording", "reward.chunk=2"]
+                 "backend.score=recording"]
     overrides += [f"{section}.{k}={json.dumps(v)}" for section, kv in TOP.items() for k, v in kv.items()]
     if per_iteration:
         overrides.append("per_iteration=" + json.dumps({1: PER_ITER}))
@@ -235,6 +249,7 @@ def test_sample_reward_pairs_settings_arrive(per_iteration, recording_backend, p
     # reward: the scoring dtype reaches the backend; logprob_mode, rounding and beta reach every reward
     inits = [c[2] for c in CALLS if c[0] == "init"]
     assert inits[-2:] == [{"threads": None, "dtype": r["dtype"]}] * 2
+    assert [c[2] for c in CALLS if c[0] == "loaded"][-2:] == [r["dtype"]] * 2  # the weights the scorer runs in
     raw = {}  # (model, response text) -> per-token log-probs the backend returned
     for c in CALLS:
         if c[0] == "score":
@@ -264,14 +279,17 @@ def test_sample_reward_pairs_settings_arrive(per_iteration, recording_backend, p
         R = [[x["reward"] for x in row["responses"]] for row in lrows]
         L = [[len(x["text"]) if p["length_unit"] == "chars" else x["n_tokens"] for x in row["responses"]]
              for row in lrows]
-        sel = select_pairs(R, L, length_control=True, step=p["alpha_step"], alpha_max=1.0,
-                           upper_bound=p["upper_bound"])
+        sel = select_pairs(R, L, length_control=p["length_control"], step=p["alpha_step"],
+                           alpha_max=p["alpha_max"], upper_bound=p["upper_bound"])
         info = summary[lang]
         assert (info["length_unit"], info["upper_bound"], info["alpha"]) == (p["length_unit"], p["upper_bound"],
                                                                              sel.alpha)
         alphas = [float(line.split(",")[1]) for line in trace if line.startswith(lang + ",")]
-        assert len(alphas) == math.ceil(round(1.0 / p["alpha_step"], 6))
-        assert alphas[1] - alphas[0] == pytest.approx(p["alpha_step"])
+        if p["length_control"]:
+            assert len(alphas) == math.ceil(round(p["alpha_max"] / p["alpha_step"], 6))
+            assert alphas[1] - alphas[0] == pytest.approx(p["alpha_step"])
+        else:
+            assert alphas == [] and info["alpha"] == 0.0
         kept = [pp for pp in pairs if pp["lang"] == lang]
         want_pairs = [(row["id"], sel.chosen[i], sel.rejected[i]) for i, row in enumerate(lrows)
                       if not (p["drop_degenerate"] and (sel.chosen[i] == sel.rejected[i] or
