@@ -107,9 +107,8 @@ class Pipeline:
 
             pending = pending_download(pc.source, self.cfg.languages, self.cfg.data_dir) if self.offline_plan else None
             if pending is not None:
-                n = pc.limit or subset_size(pc.source) or 0
-                if subset_size(pc.source):
-                    n = min(n, subset_size(pc.source))
+                size = subset_size(pc.source)
+                n = min(pc.limit or size or 0, size or pc.limit or 0)
                 self.downloads.append(pending)
                 self._prompts[key] = (stable_hash({"pending": pc.source, "limit": pc.limit}), n)
             else:
