@@ -279,6 +279,76 @@ class VLLMBackend(Backend):
             torch.set_num_threads(self.threads)  # vLLM lowers torch's thread count "for serving" in-process
 
 
+@register("backends", "openai_compat",
+          "an OpenAI-compatible server (vLLM, TGI, OpenAI) as the generator of harness eval --endpoint; no scoring")
+class OpenAICompatBackend(Backend):
+    """Generation through an OpenAI-compatible chat-completions endpoint: ``spec.path`` is the base URL and
+    ``spec.name`` the served model name (``harness eval NAME --endpoint URL``). The server applies its own chat
+    template, so the prompt is the bare instruction; each request carries the per-prompt seed. The key comes from
+    ``$OPENAI_API_KEY`` ("EMPTY" when unset, which a local vLLM server accepts). It cannot score: an endpoint gives
+    no log-probabilities of a given response."""
+
+    name = "openai_compat"
+
+    def __init__(self, spec: ModelSpec, dtype: str | None = None, threads: int | None = None, concurrency: int = 8,
+                 timeout: float = 600.0, **options: Any):
+        from openai import OpenAI
+
+        if spec.source != "endpoint":
+            raise HarnessError(f"backend 'openai_compat' generates with a served model (harness eval NAME --endpoint "
+                               f"URL), not with '{spec.name}' ({spec.source})")
+        self.spec, self.options, self.concurrency = spec, options, max(1, int(concurrency))
+        self.client = OpenAI(base_url=spec.path, api_key=os.environ.get("OPENAI_API_KEY") or "EMPTY",
+                             timeout=timeout, max_retries=2)
+
+    def format_prompt(self, instruction: str) -> str:
+        return instruction
+
+    def generate(self, prompts: Sequence[str], *, n: int, temperature: float, top_p: float, max_tokens: int,
+                 seeds: Sequence[int], repetition_penalty: float = 1.0) -> list[list[Completion]]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        import openai
+
+        extra = {} if repetition_penalty == 1.0 else {"extra_body": {"repetition_penalty": repetition_penalty}}
+
+        def one(args):
+            prompt, seed = args
+            r = self.client.chat.completions.create(
+                model=self.spec.name, messages=[{"role": "user", "content": prompt}], n=n, temperature=temperature,
+                top_p=top_p, max_tokens=max_tokens, seed=seed, **extra)
+            per = (r.usage.completion_tokens // max(1, len(r.choices))) if r.usage else 0
+            return [Completion((c.message.content or "").strip(), per, c.finish_reason == "stop") for c in r.choices]
+
+        try:
+            with ThreadPoolExecutor(self.concurrency) as pool:
+                return list(pool.map(one, zip(prompts, seeds)))
+        except openai.OpenAIError as e:
+            raise HarnessError(f"endpoint {self.spec.path} (model {self.spec.name}) failed: "
+                               f"{type(e).__name__}: {e}".splitlines()[0]) from None
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[list[float]]:
+        raise HarnessError("backend 'openai_compat' cannot score (an endpoint gives no log-probabilities of a given "
+                           "response): use transformers or vllm for backend.score")
+
+
+def check_endpoint(url: str, model: str, timeout: float = 10.0) -> None:
+    """Before anything is written: the endpoint answers /models and serves ``model`` (one line if not)."""
+    import json
+    import urllib.request
+
+    req = urllib.request.Request(url.rstrip("/") + "/models",
+                                 headers={"Authorization": f"Bearer {os.environ.get('OPENAI_API_KEY') or 'EMPTY'}"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            served = [m.get("id") for m in json.load(r).get("data", [])]
+    except (OSError, ValueError) as e:
+        raise HarnessError(f"--endpoint {url}: no OpenAI-compatible server answers ({getattr(e, 'reason', e)})") \
+            from None
+    if model not in served:
+        raise HarnessError(f"--endpoint {url} does not serve '{model}' (it serves: {', '.join(map(str, served))})")
+
+
 def load_backend(name: str, spec: ModelSpec, **options: Any) -> Backend:
     from harness.registry import get
 

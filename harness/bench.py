@@ -107,3 +107,35 @@ def run_bench(backends: list[str], n_prompts: int = 16, max_tokens: int = 64, n:
                 console.print(f"agreement {name} vs reference: max |diff| {max(diffs):.2e} nats per sequence, "
                               f"mean {sum(diffs) / len(diffs):.2e}")
     return {"throughput": {k: v[0] for k, v in results.items()}, "sums": sums}
+
+
+def bench_compare(n_langs: int = 5, n: int = 805, n_boot: int = 2000, repeats: int = 3) -> dict:
+    """``harness compare`` of two models over ``n_langs`` x ``n`` instructions (synthetic judge preferences, real
+    WR / LC / bootstrap code): median and spread of the wall time over ``repeats``, against the 30 s budget."""
+    import statistics
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+
+    from harness.leaderboard.compare import compare, resolve
+    from harness.leaderboard.simulate import simulate, write_run
+
+    langs = ["en", "es", "de", "fr", "ru", "zh", "sw", "th", "bn", "ar", "it", "ja", "ko"][:n_langs]
+    rng = np.random.default_rng(0)
+    p = rng.beta(1.2, 2.0, n)
+    with tempfile.TemporaryDirectory() as tmp:
+        run = write_run(Path(tmp), "bench", {
+            "pi_0": {lang: simulate(n, p, i) for i, lang in enumerate(langs)},
+            "pi_1": {lang: simulate(n, np.clip(p + 0.02, 0, 1), 100 + i) for i, lang in enumerate(langs)}})
+        times = []
+        for r in range(repeats):
+            t0 = time.perf_counter()
+            changes = compare(resolve(f"{run}:pi_0"), resolve(f"{run}:pi_1"), n_boot=n_boot, seed=r)
+            times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    console.print(f"compare: 2 models x {n_langs} languages x {n} instructions, {n_boot} resamples (WR and LC): "
+                  f"median {med:.2f} s over {repeats} runs (min {min(times):.2f}, max {max(times):.2f}); "
+                  f"budget 30 s; {sum(c.verdict != 'within noise' for c in changes)} of {len(changes)} changes "
+                  "flagged for a simulated +2-point change")
+    return {"median_s": med, "times": times}

@@ -1,4 +1,4 @@
-"""Command line: ``harness run | demo | ls | bench``.
+"""Command line: ``harness run | demo | eval | ls | bench | score-annotations | leaderboard | compare | report``.
 
 Commands import their heavy modules only when they run, so ``harness --help``, ``harness ls`` and config errors
 never load torch, transformers, vllm or trl. Exit codes: 0 ok, 2 bad input or configuration (one line on stderr,
@@ -112,6 +112,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     pipe.run(on_task)
     _print_summary(pipe, tasks, time.time() - t0)
+    if cfg.eval.enabled:
+        from harness.leaderboard.commands import after_run
+
+        after_run(pipe.layout.root)
     return 0
 
 
@@ -241,9 +245,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from harness.judges import make_judge
     from harness.ui import console
 
-    spec = resolve_model(args.model, where="MODEL")
-    name = args.run_name or "eval-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", spec.name)
-    overrides = [f"run_name={name}", "eval.enabled=true", *args.overrides]
+    if args.decoding is not None and not args.outputs:
+        raise HarnessError("--decoding describes given outputs: it only applies with --outputs")
+    if args.endpoint and args.outputs:
+        raise HarnessError("--endpoint generates the outputs, --outputs gives them: use one")
+    files = _outputs_files(args.outputs, args.model, args.languages) if args.outputs else None
+    if args.endpoint:
+        from harness.backends import check_endpoint
+        from harness.models import ModelSpec
+
+        check_endpoint(args.endpoint, args.model)
+        spec = ModelSpec(args.model, "endpoint", args.endpoint.rstrip("/"), description="OpenAI-compatible endpoint")
+        args.overrides = [*args.overrides, "eval.backend=openai_compat"]
+    else:
+        spec = None if files else resolve_model(args.model, where="MODEL")
+    label = args.model if files else spec.name
+    name = args.run_name or "eval-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
+    overrides = [f"run_name={json.dumps(name)}", "eval.enabled=true", *args.overrides]
+    if files:
+        args.languages = list(files)
     if args.languages:
         overrides.append(f"eval.languages=[{','.join(args.languages)}]")
         overrides.append(f"languages=[{','.join(args.languages)}]")
@@ -261,7 +281,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         overrides.append(f"models.stop={json.dumps(args.stop)}")
     cfg, _ = load_config(None, overrides)
     # a checkpoint folder gets the tokenizer's template and EOS unless told otherwise (e.g. the paper's Llama-3 ones)
-    spec = with_template(spec, cfg.models.chat_template, cfg.models.eot, cfg.models.stop)
+    if spec is not None and spec.source != "endpoint":  # an endpoint applies its own chat template
+        spec = with_template(spec, cfg.models.chat_template, cfg.models.eot, cfg.models.stop)
     if args.df_gamed is not None and cfg.eval.lc_source != "official":
         raise HarnessError(f"--df-gamed only applies to --lc-source official (not {cfg.eval.lc_source})")
     preflight(cfg)  # API key, df_gamed.csv, reference outputs: before anything is loaded or written
@@ -269,13 +290,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     _setup_logging(args.debug, layout.log)
     judge = make_judge(cfg)
     t0 = time.time()
-    summary = evaluate_model(spec, spec.name, layout.root / "eval", cfg, layout.judge_cache(judge.id))
+    summary = evaluate_model(spec, label, layout.root / "eval", cfg, layout.judge_cache(judge.id), outputs=files)
     from harness.config import to_dict
     from harness.pipeline import package_versions
 
-    atomic_write_json(layout.run_json, {"command": sys.argv, "model": spec.to_dict(), "config": to_dict(cfg),
-                                        "versions": package_versions()})
-    table = Table(title=f"{spec.name} on X-AlpacaEval ({time.time() - t0:.0f} s)")
+    source = ({"kind": "outputs", "name": label, "files": {k: str(v) for k, v in files.items()},
+               "decoding": args.decoding or "given outputs (decoding unknown)"} if files else
+              {"kind": spec.source if spec.source == "endpoint" else "checkpoint", "name": label})
+    atomic_write_json(layout.run_json, {"command": sys.argv, "model": spec.to_dict() if spec else {"name": label},
+                                        "source": source, "config": to_dict(cfg), "versions": package_versions()})
+    table = Table(title=f"{label} on X-AlpacaEval ({time.time() - t0:.0f} s)")
     for col in ("language", "n", "WR ± se", "LC ± se", "on-target", "reference", "LC source"):
         table.add_column(col)
 
@@ -296,6 +320,40 @@ def cmd_eval(args: argparse.Namespace) -> int:
     console.print(f"wrote: {layout.root / 'eval'}/<lang>/ (model_outputs.json, annotations.json, metrics.json), "
                   f"{layout.root / 'eval' / 'metrics.json'}; {summary['judge_calls']} judge calls")
     return 0
+
+
+def _outputs_files(specs: list[str], model: str, languages: list[str] | None) -> dict[str, Path]:
+    """``harness eval MODEL --outputs``: {lang: model_outputs.json} from ``lang=path`` pairs, or from a folder laid
+    out as ``<lang>/<MODEL>/model_outputs.json`` (as the ICR authors publish their results)."""
+    from harness.languages import get_language
+
+    files: dict[str, Path] = {}
+    for spec in specs:
+        if "=" in spec:
+            lang, _, path = spec.partition("=")
+            get_language(lang)  # a one-line error naming the language if unknown
+            p = Path(path).expanduser()
+            if not p.is_file():
+                raise HarnessError(f"--outputs {lang}=: model outputs file does not exist", p)
+            files[lang] = p
+            continue
+        folder = Path(spec).expanduser()
+        if not folder.is_dir():
+            raise HarnessError("--outputs: neither a folder nor LANG=FILE", folder)
+        found = {d.name: d / model / "model_outputs.json" for d in sorted(folder.iterdir())
+                 if (d / model / "model_outputs.json").is_file()}
+        if not found:
+            have = sorted({m.parent.name for m in folder.glob("*/*/model_outputs.json")})
+            raise HarnessError(f"--outputs: no <lang>/{model}/model_outputs.json here (models found: "
+                               f"{', '.join(have) or 'none'})", folder)
+        files.update(found)
+    if languages:
+        missing = [lang for lang in languages if lang not in files]
+        if missing:
+            raise HarnessError(f"--outputs has no model outputs for language '{missing[0]}' (has: "
+                               f"{' '.join(files)})")
+        files = {lang: files[lang] for lang in languages}
+    return files
 
 
 # -- ls ------------------------------------------------------------------------------------------------------------
@@ -338,7 +396,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         except HarnessError as e:
             raise HarnessError(f"--backends: {e.message}") from None
 
-    run_bench(args.backends, n_prompts=args.prompts, max_tokens=args.max_tokens)
+    if args.compare:
+        from harness.bench import bench_compare
+
+        bench_compare()
+    else:
+        run_bench(args.backends, n_prompts=args.prompts, max_tokens=args.max_tokens)
     from harness.ui import console
 
     console.print("bench: nothing was written")
@@ -380,7 +443,15 @@ def build_parser() -> argparse.ArgumentParser:
     run_args(d)
     d.set_defaults(fn=cmd_demo)
     e = sub.add_parser("eval", help="score one model on X-AlpacaEval (WR, LC, language fidelity)")
-    e.add_argument("model", help="registered model name or local Hugging Face folder")
+    e.add_argument("model", help="registered model name or local Hugging Face folder; with --outputs, the name "
+                   "of the model whose outputs are given")
+    e.add_argument("--outputs", nargs="+", metavar="FOLDER_OR_LANG=FILE",
+                   help="judge existing outputs (AlpacaEval model_outputs.json) instead of generating: a folder laid "
+                   "out as <lang>/<MODEL>/model_outputs.json, or lang=path pairs")
+    e.add_argument("--endpoint", metavar="URL", help="generate with MODEL as served by an OpenAI-compatible server "
+                   "at URL (e.g. vLLM: http://127.0.0.1:8000/v1; key: $OPENAI_API_KEY)")
+    e.add_argument("--decoding", help="with --outputs: how they were decoded (part of the comparability key), e.g. "
+                   "'temperature=0.6 top_p=0.9 max_tokens=2048 seed=42'")
     e.add_argument("overrides", nargs="*", help="eval.key=value overrides")
     e.add_argument("--languages", nargs="+", help="X-AlpacaEval languages (default: en es de)")
     e.add_argument("--limit", type=int, help="instructions per language (deterministic subset; default all 805)")
@@ -411,10 +482,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--prompts", type=int, default=16)
     b.add_argument("--max-tokens", type=int, default=64)
     b.add_argument("--debug", action="store_true")
+    b.add_argument("--compare", action="store_true",
+                   help="instead: time harness compare on 2 models x 5 languages x 805 instructions (no model)")
     b.set_defaults(fn=cmd_bench)
-    from harness.metrics import add_score_annotations_parser
+    from harness.annotations import add_score_annotations_parser
 
     add_score_annotations_parser(sub)
+    from harness.leaderboard.commands import add_parsers
+
+    add_parsers(sub)
     return p
 
 

@@ -372,18 +372,31 @@ def load_reference_outputs(lang: str, source: str, configured_data_dir: str | No
     """Reference outputs by id: the shipped generator name (gpt-4-turbo-2024-04-09) or a model_outputs.json path.
 
     Returns ({id: output}, generator name, where it came from)."""
-    from harness.io import read_json
-
     path = reference_outputs_file(lang, source, configured_data_dir)
     if path is None:
         from harness.models import cache_dir
 
         path = _download(ICR_REFERENCE_RAW.format(lang=lang, generator=source),
                          cache_dir() / "data" / "x-alpacaeval-references" / source / f"{lang}.json")
+    out, generator = read_model_outputs(path, default_generator=source)
+    return out, generator, str(path)
+
+
+def read_model_outputs(path: str | Path, instructions: list[dict] | None = None,
+                       default_generator: str = "") -> tuple[dict[int, str], str]:
+    """An AlpacaEval ``model_outputs.json`` (``[{instruction, output, generator, dataset, id?}]``) as
+    ({X-AlpacaEval id: output}, generator).
+
+    The id is the row's ``id`` (0-based; a file whose ids are exactly 1..N, as the ICR repository's, is shifted);
+    without ids, a row is matched by its ``instruction`` to ``instructions`` (X-AlpacaEval rows of the language) when
+    given, else by its position. A row without an output, a bad or repeated id, an instruction that matches none:
+    HarnessError naming the file and row."""
+    from harness.io import read_json
+
+    path = Path(path)
     rows = read_json(path)
     if not isinstance(rows, list):
         raise HarnessError("expected a JSON list in AlpacaEval model_outputs format", path)
-    out, generator = {}, source
     for i, r in enumerate(rows, start=1):
         if not isinstance(r, dict) or not isinstance(r.get("output"), str):
             raise HarnessError("missing 'output'", path, i)
@@ -391,10 +404,21 @@ def load_reference_outputs(lang: str, source: str, configured_data_dir: str | No
             raise HarnessError(f"'id' {r['id']!r} is not a whole number (the X-AlpacaEval instruction id)", path, i)
     ids = [_as_id(r["id"]) for r in rows if "id" in r]
     shift = 1 if ids and min(ids) == 1 and max(ids) == len(rows) else 0  # upstream ICR files are 1-based
+    by_text = {r["instruction"].strip(): r["id"] for r in instructions or []} if not ids else {}
+    out, generator = {}, default_generator
     for i, r in enumerate(rows, start=1):
-        rid = _as_id(r["id"]) - shift if "id" in r else i - 1
+        if "id" in r:
+            rid = _as_id(r["id"]) - shift
+        elif by_text:
+            text = r.get("instruction")
+            rid = by_text.get(text.strip()) if isinstance(text, str) else None
+            if rid is None:
+                raise HarnessError("no 'id', and the instruction is not one of X-AlpacaEval's in this language "
+                                   f"({str(text)[:60]!r})", path, i)
+        else:
+            rid = i - 1
         if rid in out:
             raise HarnessError(f"id {r.get('id', rid)!r} appears twice", path, i)
         out[rid] = r["output"]
         generator = r.get("generator", generator)
-    return out, generator, str(path)
+    return out, generator

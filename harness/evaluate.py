@@ -144,6 +144,33 @@ def generate_outputs(spec: ModelSpec, label: str, out: Path, cfg: RunConfig, lan
     return paths
 
 
+def given_outputs(label: str, out: Path, cfg: RunConfig, files: dict[str, Path]) -> dict[str, Path]:
+    """model_outputs.json per language from outputs produced elsewhere (AlpacaEval's format, one file per
+    language), matched to X-AlpacaEval by instruction id: every evaluated id needs an output, and an id that is not
+    an X-AlpacaEval id is refused (both name the file). All files are checked before anything is written."""
+    from harness.data import read_model_outputs
+
+    ids = eval_subset(cfg.eval.limit)
+    rows: dict[str, list[dict]] = {}
+    for lang, path in files.items():
+        instructions = load_xalpaca_instructions(lang, cfg.data_dir)
+        outputs, _ = read_model_outputs(path, instructions)
+        extra = sorted(set(outputs) - {r["id"] for r in instructions})
+        if extra:
+            raise HarnessError(f"id {extra[0]} is not an X-AlpacaEval id (0..{len(instructions) - 1}; "
+                               f"{len(extra)} such)", path)
+        missing = [i for i in ids if i not in outputs]
+        if missing:
+            raise HarnessError(f"no output for X-AlpacaEval id {missing[0]} ({len(missing)} of {len(ids)} evaluated "
+                               f"ids missing{'' if cfg.eval.limit else '; --limit N evaluates a subset'})", path)
+        rows[lang] = [{"instruction": instructions[i]["instruction"], "output": outputs[i], "generator": label,
+                       "dataset": instructions[i]["dataset"], "id": i} for i in ids]
+    paths = {}
+    for lang, r in rows.items():
+        paths[lang] = atomic_write_json(out / lang / "model_outputs.json", r)
+    return paths
+
+
 def _reference(lang: str, cfg: RunConfig, out: Path) -> tuple[dict, str, str]:
     ec = cfg.eval
     source = ec.references.get(lang, ec.reference)
@@ -176,14 +203,16 @@ def score_annotations_json(annotations: list[dict], lc) -> dict:
             "lc_origin": lc.origin, "avg_length": float(frame["len_2"].mean()) if len(frame) else 0.0}
 
 
-def evaluate_model(spec: ModelSpec, label: str, out: Path, cfg: RunConfig, cache_path: Path) -> dict:
-    """Generate, judge and score ``spec`` on the configured languages; returns the aggregate metrics."""
+def evaluate_model(spec: ModelSpec | None, label: str, out: Path, cfg: RunConfig, cache_path: Path,
+                   outputs: dict[str, Path] | None = None) -> dict:
+    """Generate, judge and score ``spec`` on the configured languages (or judge and score the given ``outputs``,
+    {lang: model_outputs.json}, instead of generating); returns the aggregate metrics."""
     from harness.judges import AnnotationCache, make_judge
     from harness.langid import on_target_rate
     from harness.metrics import lc_inputs
 
     ec = cfg.eval
-    langs = list(ec.languages or cfg.languages)
+    langs = list(outputs) if outputs is not None else list(ec.languages or cfg.languages)
     judge = make_judge(cfg)
     judge.preflight()  # fail early: before any generation
     lc = lc_inputs(ec.lc_source, df_gamed=ec.df_gamed)
@@ -193,7 +222,8 @@ def evaluate_model(spec: ModelSpec, label: str, out: Path, cfg: RunConfig, cache
         if missing:
             raise HarnessError(f"reference outputs have no answer for X-AlpacaEval id {missing[0]} "
                                f"({len(missing)} missing)", ref_src)
-    model_paths = generate_outputs(spec, label, out, cfg, langs)
+    model_paths = (given_outputs(label, out, cfg, outputs) if outputs is not None
+                   else generate_outputs(spec, label, out, cfg, langs))
     cache = AnnotationCache(cache_path)
     per_lang = {}
     try:

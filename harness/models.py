@@ -92,7 +92,10 @@ class ModelSpec:
             return provision_smollm2()
         if self.source == "hub":
             return _download_hub(self.path, self.revision)
-        raise HarnessError(f"model '{self.name}': unknown source '{self.source}' (demo, hub or local)")
+        if self.source == "endpoint":
+            raise HarnessError(f"model '{self.name}' is served at {self.path}: it has no local weights (only the "
+                               "openai_compat backend generates with it)")
+        raise HarnessError(f"model '{self.name}': unknown source '{self.source}' (demo, hub, local or endpoint)")
 
 
 def folder_fingerprint(p: Path) -> str:

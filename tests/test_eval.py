@@ -1,5 +1,6 @@
 """Evaluation: AlpacaEval-format outputs, the judge's order randomisation, cache resume, no secrets on disk."""
 
+import csv
 import json
 import os
 import signal
@@ -8,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, run_cli, wait_for_lines
+from conftest import REPO, assert_one_line_error, run_cli, shared_data, wait_for_lines
 from harness.io import read_json
 from harness.judges import AnnotationCache, Judge
 
@@ -265,3 +266,71 @@ def test_eval_of_a_folder_takes_a_chat_template_and_stop_strings(smollm2, tmp_pa
     model = read_json(tmp_path / "tmpl" / "run.json")["model"]
     assert (model["chat_template"], model["eot"], model["stop"]) == ("Question: {instruction}\nAnswer:", "<|im_end|>",
                                                                      ["Question:", "<|im_end|>"])
+
+
+# -- outputs produced elsewhere ------------------------------------------------------------------------------------
+def _given_outputs(folder, lang: str, model: str, with_ids: bool, drop: int | None = None, extra: bool = False):
+    """An AlpacaEval model_outputs.json for ``lang`` made from the shipped reference answers (shortened)."""
+    import gzip
+
+    from harness.io import atomic_write_json
+
+    refs = json.load(gzip.open(shared_data() / "x-alpacaeval" / "references" / "gpt-4-turbo-2024-04-09" /
+                               f"{lang}.json.gz", "rt"))
+    rows = [{"instruction": r["instruction"], "output": r["output"][:200], "generator": model,
+             "dataset": r["dataset"], **({"id": r["id"]} if with_ids else {})} for r in refs if r["id"] != drop]
+    if extra:
+        rows.append({"instruction": "x", "output": "y", "generator": model, "dataset": "d", "id": 900})
+    return atomic_write_json(folder / lang / model / "model_outputs.json", rows)
+
+
+@pytest.mark.model
+def test_eval_of_given_outputs_joins_the_leaderboard(tmp_path):
+    """Outputs in AlpacaEval's format (the ICR authors' folder layout, no ids: matched by instruction) are judged
+    and scored like generated ones and become a leaderboard row marked with their origin."""
+    _given_outputs(tmp_path / "results", "de", "their-model", with_ids=False)
+    _given_outputs(tmp_path / "results", "es", "their-model", with_ids=True)
+    r = run_cli("eval", "their-model", "--outputs", str(tmp_path / "results"), "--limit", "3",
+                "--runs-dir", str(tmp_path / "runs"), "--decoding", "temperature=0 max_tokens=2048")
+    assert r.returncode == 0, r.stderr[-3000:]
+    ev = tmp_path / "runs" / "eval-their-model" / "eval"
+    for lang in ("de", "es"):
+        ann = read_json(ev / lang / "annotations.json")
+        assert len(ann) == 3 and all(a["generator_2"] == "their-model" for a in ann)
+        assert [a["output_2"] for a in ann] == [a["output_1"][:200] for a in ann]  # matched to the right ids
+    r = run_cli("leaderboard", str(tmp_path / "runs" / "eval-their-model"), "--out", str(tmp_path / "lb"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = list(csv.DictReader(open(tmp_path / "lb" / "eval-their-model.csv", encoding="utf-8")))
+    assert {(x["model"], x["origin"], x["lang"]) for x in rows} == {("their-model", "outputs", "de"),
+                                                                    ("their-model", "outputs", "es")}
+    assert rows[0]["decoding"] == "temperature=0 max_tokens=2048"
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "no output for X-AlpacaEval id 268"),
+    ("extra", "id 900 is not an X-AlpacaEval id"),
+    ("no-model", "no <lang>/other/model_outputs.json here (models found: m)"),
+    ("language", "unknown language 'xx'"),
+    ("decoding", "--decoding describes given outputs"),
+])
+def test_bad_given_outputs_are_one_line(tmp_path, case, message):
+    folder = tmp_path / "results"
+    _given_outputs(folder, "de", "m", with_ids=True, drop=268 if case == "missing" else None, extra=case == "extra")
+    args = {"no-model": ["eval", "other", "--outputs", str(folder)],
+            "language": ["eval", "m", "--outputs", f"xx={folder / 'de' / 'm' / 'model_outputs.json'}"],
+            "decoding": ["eval", "smollm2-135m-instruct", "--decoding", "greedy"]}.get(
+        case, ["eval", "m", "--outputs", str(folder), "--limit", "3"])
+    r = run_cli(*args, "--runs-dir", str(tmp_path / "runs"))
+    assert_one_line_error(r, message)
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("model_outputs.json"))
+
+
+def test_unreachable_endpoint_is_one_line(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = run_cli("eval", "m", "--endpoint", f"http://127.0.0.1:{port}/v1", "--runs-dir", str(tmp_path))
+    assert_one_line_error(r, f"--endpoint http://127.0.0.1:{port}/v1: no OpenAI-compatible server answers")
+    assert not tmp_path.joinpath("eval-m").exists()

@@ -103,6 +103,33 @@ def test_api_judge_agrees_with_local_logprob_judge(server, tmp_path, monkeypatch
     assert all(1.0 <= x <= 2.0 for x in a)
 
 
+def test_eval_generates_through_an_endpoint_and_joins_the_leaderboard(server, tmp_path):
+    """harness eval NAME --endpoint URL: the served model answers X-AlpacaEval (seeded, so twice the same), is
+    judged like any model, and its leaderboard rows say where the outputs came from."""
+    import csv
+
+    args = ["eval", SERVED, "--endpoint", server.url, "--languages", "de", "--limit", "2", "--max-tokens", "8",
+            "--runs-dir", str(tmp_path / "runs")]
+    r = run_cli(*args, env={"OPENAI_API_KEY": "EMPTY"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    folder = tmp_path / "runs" / f"eval-{SERVED}"
+    outs = json.loads((folder / "eval" / "de" / "model_outputs.json").read_text())
+    assert len(outs) == 2 and all(o["output"] and o["generator"] == SERVED for o in outs)
+    assert json.loads((folder / "run.json").read_text())["source"]["kind"] == "endpoint"
+    again = run_cli(*args[:-1], str(tmp_path / "again"), env={"OPENAI_API_KEY": "EMPTY"})
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((tmp_path / "again" / f"eval-{SERVED}" / "eval" / "de" / "model_outputs.json").read_text()) \
+        == outs  # per-prompt seeds: the same answers
+    r = run_cli("leaderboard", str(folder), "--out", str(tmp_path / "lb"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    (row,) = csv.DictReader(open(tmp_path / "lb" / f"eval-{SERVED}.csv", encoding="utf-8"))
+    assert (row["model"], row["origin"], row["decoding"]) == (SERVED, "endpoint",
+                                                             "temperature=0.6 top_p=0.9 max_tokens=8 seed=42")
+    bad = run_cli("eval", "not-served", "--endpoint", server.url, "--languages", "de", "--limit", "1",
+                  "--runs-dir", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "does not serve 'not-served'" in bad.stderr
+
+
 def test_stopped_server_loses_no_annotation_and_rerun_repeats_none(server, tmp_path):
     secret = "sk-harness-" + "5" * 30  # vLLM accepts any key; it must never reach a file the harness writes
     env = {"OPENAI_API_KEY": secret, "COLUMNS": "200"}

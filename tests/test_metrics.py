@@ -1,4 +1,5 @@
-"""harness.metrics: WR and LC against AlpacaEval's published numbers, the readers, and the offline behaviour.
+"""harness.metrics (WR and LC against AlpacaEval's published numbers, the offline behaviour, LC row terms),
+harness.annotations (the readers, score-annotations) and harness.difficulty (the estimated difficulty).
 
 Run with ``-s`` to see the validation figures (WR max difference; LC mean/max absolute error and Spearman rank
 correlation against the official length_controlled_winrate, for the estimated and the minimal source).
@@ -19,6 +20,8 @@ import pytest
 
 from conftest import assert_one_line_error, run_cli
 from harness import metrics as M
+from harness.annotations import load_annotations, score_annotations
+from harness.difficulty import build_estimated_difficulty, rebuild_estimated_presets
 from harness.errors import HarnessError
 
 ANN = "alpacaeval2-annotations"
@@ -42,7 +45,7 @@ def ann_dir(data_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def prefs(ann_dir) -> pd.DataFrame:
-    return M.load_annotations(ann_dir / "preferences.csv.gz")
+    return load_annotations(ann_dir / "preferences.csv.gz")
 
 
 @pytest.fixture(scope="module")
@@ -233,6 +236,45 @@ def test_lc_minimal_is_alpaca_evals_length_controlled_minimal(prefs, leaderboard
     assert e["spearman"] == pytest.approx(0.9311, abs=0.005)
 
 
+# lc_row_terms: the GLM's mean residual over the model's rows. not_gamed_baseline is 1 on exactly those rows (an
+# intercept for them), so an unpenalised fit would make it 0; alpaca_eval's L1 penalty (C chosen by CV) leaves a
+# little: measured |mean(y - p_fit)| <= 4.8e-4 over the models below, both sources.
+MAX_ROW_TERMS_MEAN_RESIDUAL = 1e-3
+
+
+@pytest.mark.parametrize("source", ["estimated", "minimal"])  # with gamed rows, and without
+def test_lc_row_terms_add_up_to_lc(prefs, source):
+    """lc_row_terms is the LC fit row by row: the model's own rows only (never the gamed rows), in order, whose
+    mean length-neutral probability is LC, on complete files and on one with missing rows (phi-2)."""
+    inputs = M.lc_inputs(source)
+    print()
+    for rd in ("NullModel", "alpaca-7b", "phi-2", "gpt4_gamed"):
+        rows = prefs[prefs["results_dir"] == rd]
+        lc = M.length_controlled_winrate(rows, inputs)
+        terms = M.lc_row_terms(rows, inputs)
+        assert list(terms.columns) == ["index", "y", "p_fit", "p_zero"]
+        assert len(terms) == len(rows) and (terms["index"].to_numpy() == rows["index"].to_numpy()).all(), rd
+        assert np.allclose(terms["y"], rows["preference"].replace({0.0: 1.5}).to_numpy() - 1, rtol=0, atol=1e-12)
+        assert 100 * terms["p_zero"].mean() == pytest.approx(lc["length_controlled_winrate"], abs=1e-9), rd
+        assert 100 * terms["p_zero"].sem() == pytest.approx(lc["lc_standard_error"], abs=1e-9), rd
+        residual = float((terms["y"] - terms["p_fit"]).mean())
+        print(f"lc_row_terms {source} {rd}: mean(y - p_fit) {residual:.2e}")
+        assert abs(residual) < MAX_ROW_TERMS_MEAN_RESIDUAL, rd
+
+
+def test_lc_row_terms_none_where_lc_is_not_fitted_and_skips_invalid_rows(prefs):
+    est = M.lc_inputs("estimated")
+    reference = prefs[prefs["results_dir"] == "gpt4_1106_preview"]
+    assert M.length_controlled_winrate(reference, est)["length_controlled_winrate"] == 50.0
+    assert M.lc_row_terms(reference, est) is None  # 50 by construction, no fit
+    assert M.lc_row_terms(_rows([1.7]), est) is None
+    assert M.lc_row_terms(_rows([1.2, 1.8, 1.5, 1.9]), M.lc_inputs("minimal")) is None
+    rows = _rows([1.2, 1.8, float("nan"), 0.0, 7.0, 1.5, 1.9, 1.1])
+    terms = M.lc_row_terms(rows, est)
+    assert list(terms["index"]) == [0, 1, 3, 5, 6, 7]  # the NaN and the 7.0 are out, as they are out of the fit
+    assert list(terms["y"]) == pytest.approx([0.2, 0.8, 0.5, 0.5, 0.9, 0.1], abs=1e-12)  # 0 is a draw
+
+
 def test_lc_shipped_presets_in_sample(prefs, leaderboard):
     """The shipped difficulty (fitted on all models, so in-sample here) through score_frame."""
     official = leaderboard["length_controlled_winrate"]
@@ -255,7 +297,7 @@ def test_official_code_path_matches_alpaca_eval(ann_dir, monkeypatch, tmp_path):
     monkeypatch.setattr(glm, "hf_hub_download", lambda **kw: str(stand_in))
     with gzip.open(ann_dir / "full" / "alpaca-7b.json.gz", "rt", encoding="utf-8") as fh:
         records = json.load(fh)
-    rows = M.load_annotations(ann_dir / "full" / "alpaca-7b.json.gz")
+    rows = load_annotations(ann_dir / "full" / "alpaca-7b.json.gz")
     for glm_name, source in (("length_controlled_v1", "official"), ("length_controlled_minimal", "minimal")):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -316,7 +358,7 @@ def _csv_rows(prefs, rd):
 
 
 def test_read_full_alpaca_7b(prefs, ann_dir):
-    rows = M.load_annotations(ann_dir / "full" / "alpaca-7b.json.gz")
+    rows = load_annotations(ann_dir / "full" / "alpaca-7b.json.gz")
     ref = _csv_rows(prefs, "alpaca-7b")
     assert len(rows) == 805 and list(rows["index"]) == list(range(805))
     assert (rows["results_dir"] == "alpaca-7b").all() and (rows["generator"] == "alpaca-7b").all()
@@ -326,18 +368,18 @@ def test_read_full_alpaca_7b(prefs, ann_dir):
 
 def test_read_full_phi2_missing_rows(prefs, ann_dir, monkeypatch):
     path = ann_dir / "full" / "phi-2.json.gz"
-    rows = M.load_annotations(path)  # index found by matching instructions (HARNESS_DATA is set by conftest)
+    rows = load_annotations(path)  # index found by matching instructions (HARNESS_DATA is set by conftest)
     ref = _csv_rows(prefs, "phi-2")
     assert len(rows) == 803 and {131, 209}.isdisjoint(rows["index"])
     for col in ("index", "preference", "len_1", "len_2"):
         assert (rows[col].to_numpy() == ref[col].to_numpy()).all(), col
     monkeypatch.delenv("HARNESS_DATA")
     with pytest.raises(HarnessError, match="803 annotations .* no 'index'"):
-        M.load_annotations(path)
+        load_annotations(path)
 
 
 def test_read_full_nullmodel_generator_differs(ann_dir, leaderboard):
-    result = M.score_annotations([ann_dir / "full" / "NullModel.json.gz"], lc_source="minimal")
+    result = score_annotations([ann_dir / "full" / "NullModel.json.gz"], lc_source="minimal")
     assert len(result) == 1
     r = result.iloc[0]
     assert r["results_dir"] == "NullModel" and r["generator"] == "example" and r["lc_source"] == "minimal"
@@ -350,7 +392,7 @@ def test_read_index_column_and_lengths(tmp_path):
              "generator_2": "m", "preference": 1.25, "index": i * 2} for i in range(3)]
     p = tmp_path / "ann.json"
     p.write_text(json.dumps(recs), encoding="utf-8")
-    rows = M.load_annotations(p)
+    rows = load_annotations(p)
     assert list(rows["index"]) == [0, 2, 4] and list(rows["len_1"]) == [10, 11, 12] and list(rows["len_2"]) == [5] * 3
 
 
@@ -366,7 +408,7 @@ def test_malformed_json_names_file_and_row(tmp_path, text, match):
     p = tmp_path / "bad.json"
     p.write_text(text, encoding="utf-8")
     with pytest.raises(HarnessError, match=match) as e:
-        M.load_annotations(p)
+        load_annotations(p)
     assert str(p) in str(e.value)
 
 
@@ -374,18 +416,18 @@ def test_malformed_csv(tmp_path):
     p = tmp_path / "p.csv"
     p.write_text("generator,index,len_1,len_2\nm,0,1,2\n", encoding="utf-8")
     with pytest.raises(HarnessError, match="missing column.*preference"):
-        M.load_annotations(p)
+        load_annotations(p)
     p.write_text("generator,index,preference,len_1,len_2\nm,0,1.5,1,2\nm,x,1.5,1,2\n", encoding="utf-8")
     with pytest.raises(HarnessError, match=r"p.csv:3: column 'index'"):
-        M.load_annotations(p)
+        load_annotations(p)
     p.write_text("generator,index,preference,len_1,len_2\nm,0,1.5,1,2\nm,805,1.5,1,2\n", encoding="utf-8")
     with pytest.raises(HarnessError, match=r"p.csv:3: instruction index 805"):
-        M.load_annotations(p)
+        load_annotations(p)
     p.write_text("generator,index,preference,len_1,len_2\nm,0,1.5,1,2\nm,0,1.5,1,2\n", encoding="utf-8")
     with pytest.raises(HarnessError, match="appears twice"):
-        M.load_annotations(p)
+        load_annotations(p)
     with pytest.raises(HarnessError, match="does not exist"):
-        M.load_annotations(tmp_path / "missing.json")
+        load_annotations(tmp_path / "missing.json")
 
 
 # -- shipped files -------------------------------------------------------------------------------------------------
@@ -411,7 +453,7 @@ def test_shipped_difficulty_file(ann_dir, prefs, tmp_path):
     assert meta["sources"][0]["sha256"] == file_hash(ann_dir / "preferences.csv.gz", 64)
     assert {"method", "models", "date", "rebuild"} <= set(meta)
     # the shipped files are what rebuild_estimated_presets makes from the shared data (up to a shift, see above)
-    M.rebuild_estimated_presets(ann_dir.parent, out_dir=tmp_path)
+    rebuild_estimated_presets(ann_dir.parent, out_dir=tmp_path)
     rebuilt = M.read_difficulty_csv(tmp_path / M.ESTIMATED_DIFFICULTY_CSV.name)
     delta = rebuilt.to_numpy() - diff.to_numpy()
     print(f"\nrebuilt vs shipped difficulty: mean shift {delta.mean():.2e}, "
@@ -435,15 +477,15 @@ def test_shipped_difficulty_file(ann_dir, prefs, tmp_path):
 
 
 def test_build_estimated_difficulty_models_subset(prefs):
-    d = M.build_estimated_difficulty(prefs, models=["alpaca-7b", "claude-2", "NullModel"])
+    d = build_estimated_difficulty(prefs, models=["alpaca-7b", "claude-2", "NullModel"])
     assert len(d) == 805 and np.isfinite(d.to_numpy()).all()
     with pytest.raises(HarnessError, match="not in the annotations"):
-        M.build_estimated_difficulty(prefs, models=["alpaca-7b", "no-such-model"])
+        build_estimated_difficulty(prefs, models=["alpaca-7b", "no-such-model"])
 
 
 def test_import_is_light():
-    code = "import sys, harness.metrics; bad = [m for m in ('torch', 'alpaca_eval', 'sklearn') if m in sys.modules]; " \
-           "assert not bad, bad"
+    code = "import sys, harness.annotations, harness.difficulty, harness.metrics; " \
+           "bad = [m for m in ('torch', 'alpaca_eval', 'sklearn', 'scipy') if m in sys.modules]; assert not bad, bad"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
@@ -456,7 +498,7 @@ def test_cli_score_annotations_writes_csv(ann_dir, tmp_path):
     df = pd.read_csv(out)
     assert sorted(df["results_dir"]) == ["NullModel", "alpaca-7b"] and (df["lc_source"] == "estimated").all()
     assert df["length_controlled_winrate"].between(0, 100).all()
-    api = M.score_annotations(paths).set_index("results_dir")
+    api = score_annotations(paths).set_index("results_dir")
     for col in ("win_rate", "standard_error", "length_controlled_winrate", "lc_standard_error", "n_total"):
         assert np.allclose(df.set_index("results_dir").loc[api.index, col], api[col], rtol=0, atol=1e-9), col
     text = " ".join(r.stderr.split())
