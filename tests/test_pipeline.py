@@ -118,9 +118,10 @@ def test_translate_en_lora_and_previous_reference(tiny_config, tmp_path):
     """R_t with self-translation, LoRA training (merged into a full folder), pi_{t-1} as the reward reference."""
     cfg = tiny_config("strategy: translate_en\niterations: 2\nreward: {chunk: 2, reference: previous, "
                       "translate_max_tokens: 24}\ntrain: {method: lora, batch_size: 2, warmup_ratio: 0.0, max_length: 96, "
-                      "learning_rate: 1.0e-4, lora: {r: 4, alpha: 8}}\nlanguages: [es]\n", name="rt.yaml")
+                      "learning_rate: 1.0e-4, lora: {r: 4, alpha: 8}}\nlanguages: [es]\n"
+                      "eval: {enabled: true, limit: 2, max_tokens: 8}\n", name="rt.yaml")
     root = tmp_path / "runs"
-    r = run_cli("run", str(cfg), "--runs-dir", str(root), "sample.n=2")
+    r = run_cli("run", str(cfg), "--runs-dir", str(root), "sample.n=2", env={"COLUMNS": "400"})
     assert r.returncode == 0, r.stderr[-3000:]
     run = root / "tiny"
     rows = read_jsonl(run / "iter_1/reward/rewards.jsonl")
@@ -133,6 +134,15 @@ def test_translate_en_lora_and_previous_reference(tiny_config, tmp_path):
     assert m["method"] == "lora" and m["param_change_l2"] > 0
     model = run / "iter_1/train/model"
     assert (model / "model.safetensors").exists() and not (model / "adapter_config.json").exists()
+    # with evaluation, a run ends with its leaderboard, its report and the iteration-to-iteration comparison
+    board = (run / "leaderboard.md").read_text()
+    assert all(f"| tiny (translate_en) | {m} |" in board for m in ("pi_ref", "pi_0", "pi_1", "pi_2"))
+    assert {p.name for p in (run / "report" / "plots").glob("*.png")} == {
+        "metrics.png", "on_target.png", "length_control.png", "training.png"}
+    assert (run / "report" / "outputs" / "pi_2_es.html").is_file()
+    assert "no significant regression between consecutive models (3 comparisons" in r.stderr or \
+        "regression: es" in r.stderr
+    assert f"report: {run / 'report' / 'index.html'}" in r.stderr
 
 
 def test_interrupted_forced_stage_keeps_the_previous_result(finished_run, tmp_path):
