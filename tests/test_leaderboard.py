@@ -192,8 +192,9 @@ def test_leaderboard_command(runs, tmp_path):
     r = run_cli("leaderboard", str(a), "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "alpha.html").is_file() and "wrote:" in r.stderr
-    r = run_cli("leaderboard", "--history", "alpha/pi_1", "--out", str(tmp_path))
+    r = run_cli("leaderboard", "--history", "alpha/pi_1", "--out", str(tmp_path), "--plot", str(tmp_path / "h.png"))
     assert r.returncode == 0 and "alpha/pi_1" in r.stderr
+    assert (tmp_path / "h.png").stat().st_size > 5000
 
 
 @pytest.mark.parametrize("args, message", [

@@ -33,6 +33,7 @@ def add_parsers(sub) -> None:
     lb.add_argument("--out", default="leaderboards", help="output folder (default: ./leaderboards)")
     lb.add_argument("--alpaca-eval", action="store_true", help="also write AlpacaEval leaderboard CSVs per language")
     lb.add_argument("--history", metavar="MODEL", help="list MODEL's numbers from <out>/history.jsonl and stop")
+    lb.add_argument("--plot", metavar="PNG", help="with --history: also plot them over time into PNG")
     lb.add_argument("--debug", action="store_true")
     lb.set_defaults(fn=cmd_leaderboard)
     c = sub.add_parser("compare", help="paired bootstrap of the WR / LC change per language between two models",
@@ -79,7 +80,11 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
             table.add_row(r["time"], r["model"], r["lang"], fmt(r["win_rate"], r["standard_error"]),
                           fmt(r["length_controlled_winrate"], r["lc_standard_error"]), str(r["n_total"]), r["key"])
         console.print(table)
+        if args.plot:
+            console.print(f"wrote: {plot_history(rows, Path(args.plot))}")
         return 0
+    if args.plot:
+        raise HarnessError("--plot draws a model's history: use it with --history MODEL")
     if not args.sources:
         raise HarnessError("give at least one run folder (or 'published'); see: harness leaderboard --help")
     name = args.name or _default_name(args.sources)
@@ -91,6 +96,29 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     console.print(md if n_models <= 12 else f"{n_models} models in {len(built.sections)} section(s)")
     console.print(f"wrote: {', '.join(str(f) for f in built.files)}")
     return 0
+
+
+def plot_history(rows: list[dict], path: Path) -> Path:
+    """WR and LC of the history rows over build time, one line per (model, language)."""
+    import datetime as dt
+
+    from harness.leaderboard.report import _plt, _save
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    series: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        series.setdefault((r["model"], r["lang"]), []).append(r)
+    for (model, lang), rs in series.items():
+        t = [dt.datetime.fromisoformat(r["time"]) for r in rs]
+        for ax, metric in zip(axes, ("length_controlled_winrate", "win_rate")):
+            ax.plot(t, [r[metric] for r in rs], marker="o", label=f"{model} {lang}")
+    for ax, title in zip(axes, ("LC (%)", "WR (%)")):
+        ax.set_title(f"{title} per leaderboard build")
+        ax.grid(alpha=0.3)
+        ax.tick_params(axis="x", labelrotation=30)
+    axes[0].legend(fontsize=7)
+    return _save(fig, path)
 
 
 def print_changes(title: str, changes) -> None:
