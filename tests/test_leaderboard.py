@@ -214,3 +214,9 @@ def test_bad_leaderboard_inputs_one_line(runs, args, message):
         args = ["compare", str(a), str(a)]
     r = run_cli(*args)
     assert_one_line_error(r, message)
+
+
+def test_no_verdict_on_a_handful_of_instructions(tmp_path):
+    run = write_run(tmp_path, "few", {"pi_0": {"en": [1.0] * 6}, "pi_1": {"en": [2.0] * 6}})
+    (wr,) = [c for c in cmp.compare(cmp.resolve(f"{run}:pi_0"), cmp.resolve(f"{run}:pi_1")) if c.metric == "WR"]
+    assert wr.delta == pytest.approx(100) and wr.verdict == "too few" and wr.p_adjusted is None

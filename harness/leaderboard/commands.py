@@ -135,7 +135,7 @@ def print_changes(title: str, changes) -> None:
     color = {"improved": "green", "regressed": "red"}
     for c in changes:
         ci = "n/a" if c.low is None else f"[{c.low:+.2f}, {c.high:+.2f}]"
-        p = "n/a" if c.p is None else f"{c.p:.3f} ({c.p_adjusted:.3f})"
+        p = "n/a" if c.p is None else f"{c.p:.3f}" + ("" if c.p_adjusted is None else f" ({c.p_adjusted:.3f})")
         v = f"[{color[c.verdict]}]{c.verdict}[/]" if c.verdict in color else c.verdict
         table.add_row(c.lang, c.metric, num(c.a), num(c.b), num(c.delta, True), ci, p, str(c.n), v)
     console.print(table)
@@ -188,7 +188,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def after_run(run: Path) -> None:
     """The end of ``harness run`` / ``demo`` with evaluation: the run's leaderboard and report, and every
     iteration-to-iteration regression (the comparison of consecutive models, as ``harness compare RUN``)."""
-    from harness.leaderboard.compare import compare, consecutive, regressions
+    from harness.leaderboard.compare import MIN_N, compare, consecutive, regressions
     from harness.leaderboard.report import write_report
     from harness.leaderboard.table import build
     from harness.ui import console
@@ -205,5 +205,5 @@ def after_run(run: Path) -> None:
                       f"[{c.low:+.2f}, {c.high:+.2f}], p (BH) {c.p_adjusted:.3f}")
     if pairs and not found:
         console.print(f"no significant regression between consecutive models ({len(pairs)} comparisons; "
-                      f"harness compare {run} for the table)")
+                      f"harness compare {run} for the table; no verdict below {MIN_N} instructions)")
     console.print(f"wrote: {', '.join(str(f) for f in built.files)}; report: {report['index']}")

@@ -15,7 +15,9 @@ For each language both models were judged on, with the same comparability key (e
   GLM coefficients' own uncertainty, so its interval is a little narrow.
 
 p-values are corrected across languages with Benjamini-Hochberg (separately for WR and LC); a change whose
-corrected p-value is below ``alpha`` (0.05) is *improved* or *regressed*, anything else *within noise*.
+corrected p-value is below ``alpha`` (0.05) is *improved* or *regressed*, anything else *within noise*. Below
+:data:`MIN_N` shared instructions (the demo's 6) the interval is still shown but no verdict is given (*too few*): a
+bootstrap over a handful of instructions gives intervals that are far too narrow.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from harness.leaderboard.table import Model, key_difference, models_in
 
 N_BOOT = 2000
 ALPHA = 0.05
+MIN_N = 30  # fewer shared instructions: no verdict
 LC_METHOD = ("paired bootstrap of length-adjusted outcomes y - p_fit + p_zero, GLM fitted once per model "
              "(not refitted per resample)")
 
@@ -48,7 +51,7 @@ class Change:
     p: float | None
     p_adjusted: float | None = None
     n: int = 0
-    verdict: str = "n/a"  # improved | regressed | within noise | n/a
+    verdict: str = "n/a"  # improved | regressed | within noise | too few | n/a
     note: str = ""
 
 
@@ -193,8 +196,12 @@ def compare(a: Model, b: Model, n_boot: int = N_BOOT, seed: int = 0, alpha: floa
             delta = lb - la  # the reported LC change; the interval is centred on it
             low, high, p = paired_bootstrap(d, n_boot, seed + 1, estimate=delta / 100)
             changes.append(Change(lang, "LC", la, lb, delta, 100 * low, 100 * high, p, n=len(lids), note=LC_METHOD))
+    for c in changes:
+        if c.p is not None and c.n < MIN_N:
+            c.verdict = "too few"
+            c.note = f"{c.n} shared instructions (< {MIN_N}): no verdict; " + c.note
     for metric in ("WR", "LC"):
-        tested = [c for c in changes if c.metric == metric and c.p is not None]
+        tested = [c for c in changes if c.metric == metric and c.p is not None and c.n >= MIN_N]
         for c, q in zip(tested, benjamini_hochberg([c.p for c in tested])):
             c.p_adjusted = q
             c.verdict = "within noise" if q >= alpha else "improved" if c.delta > 0 else "regressed"
