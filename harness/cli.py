@@ -122,8 +122,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _plan_counts(pipe, t) -> str:
     cfg = pipe.cfg.for_iteration(t.iteration) if t.iteration >= 1 else pipe.cfg
     n_prompts = pipe.prompts(t.iteration)[1] if t.iteration >= 1 else 0
-    langs = len(cfg.languages)
+    langs = len(pipe.strategy.sample_languages(cfg.languages))
     pair_langs = len(pipe.strategy.pair_languages(cfg.languages))
+    if t.stage not in ("sample", "reward", "pairs", "train", "eval"):
+        return "(the strategy's own stage)"
     if t.stage == "sample":
         s = n_prompts * langs * cfg.sample.n
         return (f"{n_prompts * langs} prompts x n={cfg.sample.n} = {s} samples, <= {s * cfg.sample.max_tokens:,} "
@@ -203,11 +205,15 @@ def _print_summary(pipe, tasks, seconds: float) -> None:
             res = "; ".join(f"{lang}: a={s['alpha']:.3f} margin {s['mean_reward_margin']:.2f} "
                             f"len {s['mean_chosen_length']:.0f}/{s['mean_rejected_length']:.0f}"
                             f"{' degenerate ' + str(s['degenerate']) if s['degenerate'] else ''}"
-                            for lang, s in summ.items())
+                            if "alpha" in s else  # strategies without length control (LIDR)
+                            f"{lang}: {s['pairs']} pairs, len {s['mean_chosen_length']:.0f}/"
+                            f"{s['mean_rejected_length']:.0f}" for lang, s in summ.items())
         elif t.stage == "eval":
             wr, lc, ot = c.get("win_rate"), c.get("length_controlled_winrate"), c.get("on_target_rate")
             res = (f"{c.get('model')}: WR {_fmt(wr)}  LC {_fmt(lc)}  on-target {_fmt(ot, 100)}% "
                    f"({' '.join(c.get('languages', []))}; {c.get('judge_calls')} judge calls)")
+        elif t.stage != "train":  # a strategy's own stage: its counts
+            res = ", ".join(f"{k} {v}" for k, v in c.items())
         else:
             pc = c.get("param_change_l2")
             res = (f"{c.get('pairs')} pairs, {c.get('steps')} steps, loss {c.get('loss_first', 0):.3f} -> "

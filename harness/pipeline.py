@@ -28,6 +28,7 @@ from harness.models import ModelSpec, local_spec_like, resolve_model
 from harness.paths import DONE, PARTIAL, REF, RunLayout
 from harness.registry import get
 from harness.stages import StageContext, stage_function
+from harness.strategies import StagePlan
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class Pipeline:
         self.reference = resolve_model(cfg.models.reference, where="models.reference", **fmt)
         self.given_pi0 = resolve_model(cfg.models.policy, where="models.policy", **fmt) if cfg.models.policy else None
         self.strategy = get("strategies", cfg.strategy)()
+        self.strategy.check(cfg)
         self.offline_plan = offline_plan
         self.downloads: list[str] = []  # what a dry run left to download when the run starts
         self._prompts: dict[tuple, tuple[str, int]] = {}
@@ -136,20 +138,12 @@ class Pipeline:
             _, fp = load_english_prefs(cfg.stage0.dataset, cfg.stage0.limit)
             add(0, "train", {"model": self.reference.identity(), "data": fp, "train": to_dict(cfg.train_for(0)),
                              "seed": cfg.seed})
-        for k in range(1, cfg.iterations + 1):
-            ck = cfg.for_iteration(k)
-            policy = self.model_identity(k - 1, tasks)
-            add(k, "sample", {"model": policy, "prompts": self.prompts(k)[0], "prompts_cfg": to_dict(ck.prompts),
-                              "languages": ck.languages, "sample": to_dict(ck.sample), "backend": ck.backend.sample,
-                              "backend_options": ck.backend.options, "seed": ck.seed})
-            ref_id = self.model_identity(self.reward_reference(k), tasks)
-            add(k, "reward", {"upstream": tasks[(k, "sample")].hash, "policy": policy, "reference": ref_id,
-                              "strategy": ck.strategy, "reward": {**to_dict(ck.reward), "chunk": None},
-                              "backend": ck.backend.score, "backend_options": ck.backend.options})
-            add(k, "pairs", {"upstream": tasks[(k, "reward")].hash, "pairs": to_dict(ck.pairs),
-                             "languages": self.strategy.pair_languages(ck.languages)})
-            add(k, "train", {"upstream": tasks[(k, "pairs")].hash, "model": policy, "train": to_dict(ck.train),
-                             "seed": ck.seed})
+        for k in range(1, cfg.iterations + 1):  # the strategy says which stages run and what their hashes cover
+            sp = StagePlan(cfg.for_iteration(k), k, self.model_identity(k - 1, tasks),
+                           self.model_identity(self.reward_reference(k), tasks), lambda k=k: self.prompts(k)[0])
+            for stage in self.strategy.stages:
+                add(k, stage, self.strategy.stage_settings(stage, sp))
+                sp.upstream[stage] = tasks[(k, stage)].hash
         if cfg.eval.enabled:
             from harness.data import eval_subset
 
@@ -193,6 +187,7 @@ class Pipeline:
         """``--force STAGE`` (every iteration) or ``--force K:STAGE``: redo it and everything after it."""
         from harness.stages import STAGES
 
+        STAGES = tuple(dict.fromkeys((*self.strategy.stages, *STAGES)))  # noqa: N806 (the strategy's, then the rest)
         tasks = self.plan()
         first = None
         for f in force:
@@ -314,7 +309,13 @@ class Pipeline:
                     raise HarnessError(f"accelerate launch of {t.label} exited with {rc}")
                 metrics = read_json(out / "train_metrics.json")
                 return {k: metrics.get(k) for k in ("pairs", "steps", "param_change_l2", "loss_first", "loss_last")}
-        return stage_function(t.stage)(self.context(t, out))
+        return self.stage_runner(t)(self.context(t, out))
+
+    def stage_runner(self, t: Task):
+        """What computes ``t``: the strategy's stage for iterations >= 1; stage 0 and evaluations are common."""
+        if t.iteration >= 1 and t.stage != "eval":
+            return self.strategy.stage_function(t.stage)
+        return stage_function(t.stage)
 
     def run(self, on_task=None) -> list[Task]:
         self.write_run_json()
@@ -343,4 +344,4 @@ def run_stage_in_process(run_dir: str, iteration: int, stage: str) -> None:
         raise HarnessError(f"no stage iter_{iteration}/{stage} in this run", layout.config_yaml)
     out = layout.partial_dir(iteration, stage)
     out.mkdir(parents=True, exist_ok=True)
-    stage_function(stage)(pipe.context(task, out))
+    pipe.stage_runner(task)(pipe.context(task, out))

@@ -30,6 +30,7 @@ BUILTIN_MODULES = (
     "harness.languages",
     "harness.models",
     "harness.strategies",
+    "harness.strategies.lidr",
     "harness.backends",
     "harness.judges",
 )

@@ -104,7 +104,9 @@ def plot_pairs(run: Path, out: Path) -> list[Path]:
         rejected = [s[lang]["mean_rejected_length"] or 0 for k, s in found if lang in s]
         axes[0].bar(pos, chosen, width * 0.45, label=f"{lang} chosen")
         axes[0].bar([p + width * 0.45 for p in pos], rejected, width * 0.45, label=f"{lang} rejected", alpha=0.55)
-        axes[1].plot(its, [s[lang]["alpha"] for k, s in found if lang in s], marker="o", label=lang)
+        alphas = [(k, s[lang]["alpha"]) for k, s in found if lang in s and s[lang].get("alpha") is not None]
+        if alphas:  # strategies without length control (LIDR) have none
+            axes[1].plot([k for k, _ in alphas], [a for _, a in alphas], marker="o", label=lang)
     its = [k for k, _ in found]
     unit = next(iter(found[0][1].values())).get("length_unit", "")
     axes[0].set_title(f"mean length of chosen vs rejected ({unit})")
@@ -112,7 +114,8 @@ def plot_pairs(run: Path, out: Path) -> list[Path]:
     axes[0].legend(fontsize=7, ncol=2)
     axes[1].set_title("length-control alpha")
     axes[1].set_xticks(its, [f"iter {k}" for k in its])
-    axes[1].legend(title="language")
+    if axes[1].lines:
+        axes[1].legend(title="language")
     for ax in axes:
         ax.grid(alpha=0.3)
     return [_save(fig, out / "length_control.png")]

@@ -1,4 +1,5 @@
-"""Sample: n responses per (language, prompt) from pi_{k-1}, native-language instruction in the chat template.
+"""Sample: n responses per (language, prompt) from pi_{k-1}, native-language instruction in the chat template
+(the strategy's ``sample_languages``: all configured languages, or English only for ``english_only``).
 
 Writes responses.jsonl, one row per (language, prompt id) in prompt order:
 ``{lang, id, prompt, prompt_en, responses: [{text, n_tokens, finished}]}``. Resumable per chunk of prompts; the
@@ -11,17 +12,26 @@ from __future__ import annotations
 from harness.backends import derive_seed, load_backend
 from harness.data import load_prompts
 from harness.io import JsonlAppender
+from harness.registry import get
 from harness.stages import StageContext
 from harness.ui import progress
 
 
 def run(ctx: StageContext) -> dict:
+    s = ctx.cfg.sample
+    return sample_responses(ctx, n=s.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens)
+
+
+def sample_responses(ctx: StageContext, *, n: int, temperature: float, top_p: float, max_tokens: int,
+                     repetition_penalty: float = 1.0) -> dict:
+    """responses.jsonl with these decoding settings (strategies that decode otherwise, e.g. LIDR's greedy answers,
+    call this with their own)."""
     cfg = ctx.cfg
+    languages = get("strategies", cfg.strategy)().sample_languages(cfg.languages)
     prompts = load_prompts(cfg.prompts.source, cfg.languages, cfg.data_dir, cfg.prompts.limit)
     out = JsonlAppender(ctx.out / "responses.jsonl")
-    work = [(lang, p) for lang in cfg.languages for p in prompts.by_lang[lang]]
-    s = cfg.sample
-    todo = out.pending_chunks([(lang, p.id) for lang, p in work], s.chunk, lambda r: (r["lang"], r["id"]))
+    work = [(lang, p) for lang in languages for p in prompts.by_lang[lang]]
+    todo = out.pending_chunks([(lang, p.id) for lang, p in work], cfg.sample.chunk, lambda r: (r["lang"], r["id"]))
     if todo:
         with load_backend(cfg.backend.sample, ctx.policy, threads=cfg.backend.threads, **cfg.backend.options) as be, \
                 progress() as bar:
@@ -29,8 +39,8 @@ def run(ctx: StageContext) -> dict:
                                 completed=len(work) - sum(map(len, todo)))
             for positions in todo:
                 chunk = [work[j] for j in positions]
-                comps = be.generate([be.format_prompt(p.prompt) for _, p in chunk], n=s.n, temperature=s.temperature,
-                                    top_p=s.top_p, max_tokens=s.max_tokens,
+                comps = be.generate([be.format_prompt(p.prompt) for _, p in chunk], n=n, temperature=temperature,
+                                    top_p=top_p, max_tokens=max_tokens, repetition_penalty=repetition_penalty,
                                     seeds=[derive_seed(cfg.seed, ctx.iteration, "sample", lang, p.id)
                                            for lang, p in chunk])
                 out.append({"lang": lang, "id": p.id, "prompt": p.prompt, "prompt_en": p.prompt_en,
@@ -41,7 +51,7 @@ def run(ctx: StageContext) -> dict:
     out.close()
     rows = out.rows
     # keep the file in canonical order (languages as configured, prompts in file order) whatever the resume history
-    order = {(lang, p.id): i for i, (lang, p) in enumerate((lang, p) for lang in cfg.languages
+    order = {(lang, p.id): i for i, (lang, p) in enumerate((lang, p) for lang in languages
                                                            for p in prompts.by_lang[lang])}
     rows.sort(key=lambda r: order[(r["lang"], r["id"])])
     from harness.io import atomic_write_jsonl

@@ -1,0 +1,190 @@
+"""Strategies drive the plan: their stage lists, what each stage computes and what its hash covers; a strategy from a
+plugin runs with no pipeline edit; english_only samples and pairs English only."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from conftest import assert_one_line_error, run_cli
+from harness.config import load_config
+from harness.io import read_jsonl
+from harness.pipeline import Pipeline
+
+PLUGIN = '''
+from dataclasses import dataclass
+
+from harness.io import atomic_write_jsonl, read_jsonl
+from harness.strategies import CrossLingual
+
+
+@dataclass(frozen=True)
+class Brevity(CrossLingual):
+    """A toy strategy: the reward is minus the answer's length (no model scores anything)."""
+
+    name: str = "brevity"
+
+    def stage_settings(self, stage, plan):
+        settings = super().stage_settings(stage, plan)
+        return {**settings, "rule": "minus length"} if stage == "reward" else settings
+
+    def stage_function(self, stage):
+        return brevity_reward if stage == "reward" else super().stage_function(stage)
+
+
+def brevity_reward(ctx):
+    rows = read_jsonl(ctx.upstream("sample") / "responses.jsonl")
+    for r in rows:
+        for x in r["responses"]:
+            x["reward"] = -float(len(x["text"]))
+    atomic_write_jsonl(ctx.out / "rewards.jsonl", rows)
+    return {"responses": sum(len(r["responses"]) for r in rows)}
+
+
+def register(reg):
+    reg.add("strategies", "brevity", Brevity, "toy plugin: reward = minus the answer's length")
+'''
+
+
+def _plugin(tmp_path):
+    """A real distribution (dist-info with a harness.plugins entry point) on PYTHONPATH for the subprocess."""
+    (tmp_path / "brevity_plugin.py").write_text(textwrap.dedent(PLUGIN))
+    dist = tmp_path / "brevity_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: brevity-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[harness.plugins]\nbrevity = brevity_plugin:register\n")
+    return {"PYTHONPATH": str(tmp_path)}
+
+
+def test_ls_strategies_says_what_differs():
+    r = run_cli("ls", "strategies", env={"COLUMNS": "200"})
+    assert r.returncode == 0
+    for name, words in (("cross_lingual", "the paper's method"), ("multilingual", "native-language instruction"),
+                        ("translate_en", "self-translation"), ("english_only", "English prompts and pairs only")):
+        line = next(ln for ln in r.stderr.splitlines() if f"│ {name} " in ln)
+        assert words in line, line
+
+
+def test_the_plan_follows_the_strategy(tmp_path):
+    def plan(*overrides):
+        cfg, _ = load_config(None, ["languages=[en,es]", "iterations=1", *overrides])
+        return {t.label: t for t in Pipeline(cfg, tmp_path).plan()}
+
+    base, en_only = plan(), plan("strategy=english_only")
+    assert [k for k in base if k.startswith("iter_1")] == ["iter_1/sample", "iter_1/reward", "iter_1/pairs",
+                                                           "iter_1/train"]
+    assert en_only["iter_1/sample"].settings["languages"] == ["en"]
+    assert en_only["iter_1/pairs"].settings["languages"] == ["en"]
+    assert base["iter_0/train"].hash == en_only["iter_0/train"].hash  # stage 0 is shared
+    assert all(base[k].hash != en_only[k].hash for k in en_only if k.startswith("iter_1"))
+
+
+def test_english_only_needs_english(tmp_path):
+    r = run_cli("run", "demo", "--dry-run", "--runs-dir", str(tmp_path), "strategy=english_only", "languages=[es,de]")
+    assert_one_line_error(r, "strategy english_only samples English prompts: 'en' must be in languages")
+
+
+def test_a_plugin_strategy_is_listed_with_its_origin(tmp_path):
+    env = _plugin(tmp_path)
+    r = run_cli("ls", "strategies", env={**env, "COLUMNS": "200"})
+    line = next(ln for ln in r.stderr.splitlines() if " brevity " in ln)
+    assert "brevity-plugin" in line and "minus the answer's length" in line
+    r = run_cli("run", "demo", "--dry-run", "--runs-dir", str(tmp_path / "runs"), "strategy=brevity", env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+@pytest.mark.model
+def test_a_plugin_strategy_runs_through_the_stages(tiny_config, tmp_path):
+    """The plugin changes what the reward stage computes: the pipeline runs it, resumably and hashed, unedited."""
+    env = _plugin(tmp_path)
+    cfg = tiny_config("strategy: brevity\npairs: {length_control: false}\n")
+    r = run_cli("run", str(cfg), "--runs-dir", str(tmp_path / "runs"), env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = tmp_path / "runs" / "tiny"
+    for row in read_jsonl(run / "iter_1/reward/rewards.jsonl"):
+        assert all(x["reward"] == -len(x["text"]) for x in row["responses"])
+    for p in read_jsonl(run / "iter_1/pairs/pairs.jsonl"):
+        assert p["chosen_length"] <= p["rejected_length"]
+    assert (run / "iter_1/train/model/model.safetensors").exists()
+    again = run_cli("run", str(cfg), "--runs-dir", str(tmp_path / "runs"), env=env)
+    assert again.returncode == 0 and again.stderr.count("skipped (done)") == 5
+
+
+@pytest.mark.model
+def test_english_only_samples_and_pairs_english_only(tiny_config, tmp_path):
+    cfg = tiny_config("strategy: english_only\n")
+    r = run_cli("run", str(cfg), "--runs-dir", str(tmp_path))
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = tmp_path / "tiny"
+    assert {row["lang"] for row in read_jsonl(run / "iter_1/sample/responses.jsonl")} == {"en"}
+    assert {row["lang"] for row in read_jsonl(run / "iter_1/reward/rewards.jsonl")} == {"en"}
+    pairs = read_jsonl(run / "iter_1/pairs/pairs.jsonl")
+    assert pairs and {p["lang"] for p in pairs} == {"en"}
+
+
+def test_lidr_pairs_from_fixed_answers_and_translations(tmp_path):
+    """LIDR's pair construction (METHOD.md section 8) on fixed stage files: target pair chosen = the translation of
+    the English answer, English pair rejected = the back-translation; an item with a "Translation Error" in either
+    direction is dropped and counted; only the last target's English pairs survive (the authors' quirk)."""
+    from harness.io import atomic_write_jsonl, read_json
+    from harness.stages import StageContext
+    from harness.paths import RunLayout
+    from harness.strategies.lidr import TRANSLATION_ERROR, lidr_pairs
+
+    cfg, _ = load_config(None, ["languages=[en,es,de]", "strategy=lidr"])
+    layout = RunLayout(tmp_path)
+    ans = [{"lang": lang, "id": i, "prompt": f"{lang} prompt {i}", "prompt_en": f"en prompt {i}",
+            "responses": [{"text": f"{lang} answer {i}", "n_tokens": 3, "finished": True}]}
+           for lang in ("en", "es", "de") for i in ("a", "b", "c")]
+    atomic_write_jsonl(layout.stage_dir(1, "sample") / "responses.jsonl", ans)
+    trans = [{"lang": lang, "id": i, "en_to_target": TRANSLATION_ERROR if (lang, i) == ("es", "b") else
+              f"en answer {i} in {lang}", "target_to_en": TRANSLATION_ERROR if (lang, i) == ("de", "c") else
+              f"{lang} answer {i} in en"} for lang in ("es", "de") for i in ("a", "b", "c")]
+    atomic_write_jsonl(layout.stage_dir(1, "translate") / "translations.jsonl", trans)
+    out = tmp_path / "pairs.partial"
+    counts = lidr_pairs(StageContext(cfg, layout, 1, "pairs", out, None, None))
+    pairs = read_jsonl(out / "pairs.jsonl")
+    target = {(p["lang"], p["id"]): p for p in pairs if p["kind"] == "target"}
+    assert set(target) == {("es", "a"), ("es", "c"), ("de", "a"), ("de", "b")}
+    assert target[("es", "a")]["chosen"] == "en answer a in es" and target[("es", "a")]["rejected"] == "es answer a"
+    assert target[("es", "a")]["prompt"] == "es prompt a"
+    english = [p for p in pairs if p["kind"] == "english"]
+    assert [(p["id"], p["source_lang"]) for p in english] == [("a", "de"), ("b", "de")]  # the last target's only
+    assert english[0]["chosen"] == "en answer a" and english[0]["rejected"] == "de answer a in en"
+    assert english[0]["prompt"] == "en prompt a"
+    summary = read_json(out / "summary.json")
+    assert summary["es"]["dropped_translation_error"] == 1 and summary["de"]["dropped_translation_error"] == 1
+    assert summary["en"]["english_pairs_overwritten"] == 2
+    assert counts["dropped_translation_error"] == 2 and counts["pairs"] == 6
+
+
+@pytest.mark.model
+def test_lidr_runs_on_the_real_model(tmp_path):
+    """Greedy answers (one per prompt), self-translations both ways, pairs built from them, a trained pi_1."""
+    from harness.strategies.lidr import TRANSLATION_ERROR
+
+    cfg = tmp_path / "lidr.yaml"
+    cfg.write_text("run_name: lidr\nseed: 7\nlanguages: [en, es]\niterations: 1\nstrategy: lidr\n"
+                   "models: {reference: smollm2-135m-instruct}\n"
+                   "prompts: {source: ultrafeedback-parallel/demo-subset, limit: 4}\n"
+                   "sample: {max_tokens: 24, chunk: 2}\nreward: {chunk: 2, translate_max_tokens: 64}\n"
+                   "train: {batch_size: 4, max_length: 160, learning_rate: 1.0e-5, precision: fp32}\n"
+                   "stage0: {dataset: builtin:english_prefs, limit: 4}\n")
+    r = run_cli("run", str(cfg), "--runs-dir", str(tmp_path))
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = tmp_path / "lidr" / "iter_1"
+    answers = {(x["lang"], x["id"]): x["responses"] for x in read_jsonl(run / "sample/responses.jsonl")}
+    assert len(answers) == 8 and all(len(v) == 1 for v in answers.values())
+    trans = {x["id"]: x for x in read_jsonl(run / "translate/translations.jsonl")}
+    assert len(trans) == 4
+    ok = {i for i, t in trans.items() if TRANSLATION_ERROR not in (t["en_to_target"], t["target_to_en"])}
+    pairs = read_jsonl(run / "pairs/pairs.jsonl")
+    assert {p["id"] for p in pairs} == ok
+    for p in pairs:
+        t = trans[p["id"]]
+        if p["kind"] == "target":
+            assert (p["chosen"], p["rejected"]) == (t["en_to_target"], answers[("es", p["id"])][0]["text"])
+        else:
+            assert (p["chosen"], p["rejected"]) == (answers[("en", p["id"])][0]["text"], t["target_to_en"])
+    assert (run / "train/model/model.safetensors").exists()
