@@ -175,8 +175,8 @@ def _print_plan(pipe, tasks, notes: list[str]) -> None:
     for d in pipe.downloads:
         console.print(f"prompts: {d} will be downloaded when the run starts (planned from prompts.limit; the "
                       "sample stages' hashes are provisional until then)")
-    console.print("checked: trl.DPOConfig of every train stage" + (", judge, LC source and reference outputs"
-                                                                  if cfg.eval.enabled else ""))
+    console.print("checked: the trl trainer config (DPOConfig, KTOConfig) of every train stage"
+                  + (", judge, LC source and reference outputs" if cfg.eval.enabled else ""))
     for note in notes:
         console.print(f"[yellow]this machine cannot run it as configured:[/yellow] {note}")
     console.print("dry run: nothing was loaded or written")

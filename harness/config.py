@@ -118,6 +118,9 @@ class AccelerateConfig:
 
 @dataclass
 class TrainConfig:
+    objective: str = "dpo"
+    """dpo (DPO + NLL, the paper's) or kto (TRL's KTOTrainer on the pairs as unpaired examples: chosen desirable,
+    rejected undesirable; no NLL term, so train.nll_weight must be 0)."""
     method: str = "full"
     """full or lora."""
     beta: float = 0.1
@@ -140,7 +143,7 @@ class TrainConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     accelerate: AccelerateConfig = field(default_factory=AccelerateConfig)
     extra: dict = field(default_factory=dict)
-    """Passed through to trl.DPOConfig."""
+    """Passed through to trl.DPOConfig (trl.KTOConfig with objective kto)."""
 
 
 @dataclass
@@ -316,6 +319,7 @@ RULES = [
     ("eval.lc_source", _one_of("official", "estimated", "minimal")),
 ]
 TRAIN_RULES = [
+    ("objective", _one_of("dpo", "kto")),
     ("method", _one_of("full", "lora")),
     ("beta", _in_range(0, lo_open=True)),
     ("nll_weight", _in_range(0)),
@@ -341,6 +345,13 @@ def _check_train(tc: TrainConfig, where: str | None, prefix: str) -> None:
         v = _get(tc, key)
         if not ok(v):
             raise HarnessError(f"{prefix}{key} must be {what}; got {v!r}", where, key=prefix + key)
+    if tc.objective == "kto" and tc.nll_weight > 0:
+        raise HarnessError(f"{prefix}nll_weight {tc.nll_weight} has no counterpart in TRL's KTOTrainer: set "
+                           f"{prefix}nll_weight: 0 with {prefix}objective: kto", where, key=prefix + "nll_weight")
+    if tc.objective == "kto" and tc.batch_size < 2:
+        raise HarnessError(f"{prefix}batch_size must be >= 2 with {prefix}objective: kto (TRL's KTO estimates its KL "
+                           f"term from the other examples of a batch); got {tc.batch_size}", where,
+                           key=prefix + "batch_size")
     if tc.warmup_ratio >= 1 and tc.warmup_ratio != int(tc.warmup_ratio):
         raise HarnessError(f"{prefix}warmup_ratio must be a ratio < 1 or a whole number of steps; got "
                            f"{tc.warmup_ratio}", where, key=prefix + "warmup_ratio")

@@ -210,7 +210,7 @@ class Pipeline:
         every train stage, and what this machine lacks (a GPU for bf16 training). Problems of the machine rather
         than of the config are returned as notes when not ``strict`` (a dry run of a GPU preset on a laptop still
         prints its plan); a real run raises them."""
-        from harness.stages.train import build_dpo_config, check_dpo_kwargs, dpo_kwargs
+        from harness.stages.train import build_dpo_config, check_dpo_kwargs, config_class, dpo_kwargs
 
         notes: list[str] = []
 
@@ -226,7 +226,7 @@ class Pipeline:
             if tc.precision == "bf16" and not _has_gpu():
                 machine_problem(f"{where}: precision bf16 needs a GPU (none found); on a CPU use bf16_cpu "
                                 "(bf16 autocast) or fp32")
-                check_dpo_kwargs(dpo_kwargs(tc, self.layout.root, self.cfg.seed))
+                check_dpo_kwargs(dpo_kwargs(tc, self.layout.root, self.cfg.seed), config_class(tc))
             else:
                 build_dpo_config(tc, self.layout.root, self.cfg.seed, where=where)
         if self.cfg.eval.enabled:

@@ -56,7 +56,35 @@ TRAIN_VALUES = {
 def test_every_train_field_has_a_wiring_row():
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     assert set(TRAIN_WIRING) == fields, f"rows missing in TRAIN_WIRING: {fields - set(TRAIN_WIRING)}"
-    assert set(TRAIN_VALUES) == fields, f"rows missing in TRAIN_VALUES: {fields - set(TRAIN_VALUES)}"
+    covered = set(TRAIN_VALUES) | {"objective"}  # objective: test_kto_settings_reach_the_kto_trainer
+    assert covered == fields, f"rows missing in TRAIN_VALUES: {fields - covered}"
+
+
+def test_kto_settings_reach_the_kto_trainer(tmp_path):
+    """train.objective: kto builds trl.KTOConfig, and every shared setting arrives there as it does for DPO."""
+    from trl import KTOConfig
+
+    shared = {k: v for k, v in TRAIN_VALUES.items() if k not in ("nll_weight", "extra")}
+    cfg, _ = load_config(None, ["train.objective=kto", "train.nll_weight=0", 'train.extra={"desirable_weight": 1.5}',
+                                *[f"train.{k}={json.dumps(v)}" for k, (v, _) in shared.items()]])
+    kto, lora, cmd = _build(cfg.train_for(1), tmp_path)
+    assert isinstance(kto, KTOConfig) and kto.loss_type == "kto" and kto.desirable_weight == 1.5
+    for k, (v, read) in shared.items():
+        got = read(kto, lora, cmd)
+        want = True if k == "method" else ({**v, "target_modules": sorted(v["target_modules"])} if k == "lora" else v)
+        assert got == want, f"train.{k}={v!r} arrived in KTOConfig as {got!r}"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.objective=kto"], "train.nll_weight 1.0 has no counterpart in TRL's KTOTrainer"),
+    (["train.objective=kto", "train.nll_weight=0", "train.batch_size=1"], "train.batch_size must be >= 2"),
+    (["train.objective=ipo"], "train.objective must be one of"),
+])
+def test_kto_settings_are_checked(overrides, message):
+    from harness.errors import HarnessError
+
+    with pytest.raises(HarnessError, match=message):
+        load_config(None, overrides)
 
 
 def _build(tc: TrainConfig, tmp_path: Path):

@@ -1,4 +1,5 @@
-"""Train: DPO + NLL on the chosen response with TRL (the only TRL importer), full fine-tuning or LoRA.
+"""Train: DPO + NLL on the chosen response with TRL (the only TRL importer), full fine-tuning or LoRA; or KTO
+(``train.objective: kto``: TRL's KTOTrainer on the pairs as unpaired examples, see :func:`kto_rows`).
 
 Iteration k >= 1 trains pi_{k-1} on this iteration's pairs.jsonl (native prompt in the chat template); iteration 0
 (stage 0) trains pi_ref on English preference pairs to build pi_0. The training reference is the starting model
@@ -46,6 +47,7 @@ def launch_command(tc: TrainConfig, run_dir: Path, iteration: int) -> list[str]:
 # named otherwise). tests/test_wiring.py builds the real objects from a config in which every field differs from
 # its default and checks each arrow; a new TrainConfig field without a row here fails that test.
 TRAIN_WIRING = {
+    "objective": "the trainer: trl.DPOTrainer + DPOConfig (dpo) or trl.KTOTrainer + KTOConfig (kto; same rows)",
     "method": "peft LoraConfig when 'lora' (none for 'full')",
     "beta": "DPOConfig.beta",
     "nll_weight": "DPOConfig.loss_type / loss_weights ([sigmoid, sft], [1, w])",
@@ -67,7 +69,10 @@ TRAIN_WIRING = {
 
 
 def dpo_kwargs(tc: TrainConfig, out: Path, seed: int) -> dict:
-    """Keyword arguments for trl.DPOConfig (built without importing TRL, so --dry-run can check them)."""
+    """Keyword arguments for trl.DPOConfig, or trl.KTOConfig with ``objective: kto`` (built without importing TRL,
+    so --dry-run can check them). KTO takes the same settings but the loss: TRL's ``kto`` loss, no NLL term, and
+    its data in file order (``train_sampling_strategy: sequential``, which its KL estimate needs; the unpaired rows
+    are shuffled once with the run seed instead, see :func:`kto_rows`)."""
     kw = dict(
         output_dir=str(out / "trainer"), per_device_train_batch_size=tc.batch_size,
         gradient_accumulation_steps=tc.grad_accum, learning_rate=tc.learning_rate, num_train_epochs=tc.epochs,
@@ -83,8 +88,28 @@ def dpo_kwargs(tc: TrainConfig, out: Path, seed: int) -> dict:
         logging_steps=1, report_to=[], seed=seed, data_seed=seed, disable_tqdm=True, dataloader_num_workers=0,
         remove_unused_columns=False,
     )
+    if tc.objective == "kto":
+        del kw["loss_weights"]
+        kw["loss_type"] = "kto"
     kw.update(tc.extra)
     return kw
+
+
+def config_class(tc: TrainConfig):
+    from trl import DPOConfig, KTOConfig
+
+    return KTOConfig if tc.objective == "kto" else DPOConfig
+
+
+def kto_rows(rows: list[dict], seed: int) -> list[dict]:
+    """Pairs as TRL's unpaired KTO examples: (prompt, chosen, label True) and (prompt, rejected, label False),
+    shuffled once with the run seed (KTO reads its data in order)."""
+    import random
+
+    out = [{"prompt": r["prompt"], "completion": r[side], "label": side == "chosen"}
+           for r in rows for side in ("chosen", "rejected")]
+    random.Random(seed).shuffle(out)
+    return out
 
 
 def lora_kwargs(tc: TrainConfig) -> dict | None:
@@ -95,28 +120,28 @@ def lora_kwargs(tc: TrainConfig) -> dict | None:
                 target_modules=tc.lora.target_modules, task_type="CAUSAL_LM")
 
 
-def check_dpo_kwargs(kw: dict) -> None:
+def check_dpo_kwargs(kw: dict, cls=None) -> None:
     """Fail in seconds on a key TRL does not know (API churn), without building the config."""
     from trl import DPOConfig
 
-    names = {f.name for f in dataclasses.fields(DPOConfig)}
+    cls = cls or DPOConfig
+    names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(kw) - names)
     if unknown:
-        raise HarnessError(f"trl.DPOConfig has no field(s) {', '.join(unknown)} (train.extra or an unsupported TRL "
-                           "version; harness pins trl 1.16)")
+        raise HarnessError(f"trl.{cls.__name__} has no field(s) {', '.join(unknown)} (train.extra or an unsupported "
+                           "TRL version; harness pins trl 1.16)")
 
 
 def build_dpo_config(tc: TrainConfig, out: Path, seed: int, where: str = "train"):
     """The real trl.DPOConfig of these settings (what the trainer gets; --dry-run builds it too). A value TRL or
     transformers rejects becomes one line naming the section."""
-    from trl import DPOConfig
-
+    cls = config_class(tc)
     kw = dpo_kwargs(tc, out, seed)
-    check_dpo_kwargs(kw)
+    check_dpo_kwargs(kw, cls)
     try:
-        return DPOConfig(**kw)
+        return cls(**kw)
     except (ValueError, TypeError) as e:
-        raise HarnessError(f"{where}: trl.DPOConfig rejects these settings: {str(e).splitlines()[0]}") from None
+        raise HarnessError(f"{where}: trl.{cls.__name__} rejects these settings: {str(e).splitlines()[0]}") from None
 
 
 def _checkpoint_complete(d: Path) -> bool:
@@ -172,7 +197,7 @@ def run(ctx: StageContext) -> dict:
     from datasets import Dataset
     from rich.progress import Progress
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-    from trl import DPOTrainer
+    from trl import DPOTrainer, KTOTrainer
 
     from harness.backends import available_cores
     from harness.models import format_prompt
@@ -217,8 +242,9 @@ def run(ctx: StageContext) -> dict:
         def on_train_end(self, a, state, control, **k):
             bar_holder["bar"].stop()
 
-    trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                         peft_config=peft_config, callbacks=[RichBar()])
+    trainer_cls, data = (KTOTrainer, kto_rows(rows, ctx.cfg.seed)) if tc.objective == "kto" else (DPOTrainer, rows)
+    trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(data), processing_class=tok,
+                          peft_config=peft_config, callbacks=[RichBar()])
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # logs go to train_metrics.json; the rich bar shows progress
@@ -246,7 +272,7 @@ def run(ctx: StageContext) -> dict:
     hist = [h for h in trainer.state.log_history if "loss" in h]
     metrics = {
         "pairs": len(rows), "steps": trainer.state.global_step, "train_seconds": seconds,
-        "method": tc.method, "precision": tc.precision, "parameters": n_params,
+        "objective": tc.objective, "method": tc.method, "precision": tc.precision, "parameters": n_params,
         "param_change_l2": change,
         "loss_first": hist[0]["loss"] if hist else None, "loss_last": hist[-1]["loss"] if hist else None,
         "reward_margin_first": hist[0].get("rewards/margins") if hist else None,
