@@ -198,6 +198,8 @@ class RunConfig:
     """Local copy of the shared data (else $HARNESS_DATA)."""
     languages: list = field(default_factory=lambda: ["en", "es", "de"])
     strategy: str = "cross_lingual"
+    strategy_options: dict = field(default_factory=dict)
+    """Settings of the strategy itself, checked by it (e.g. self_rewarding: {judge_samples: 3}); see its docstring."""
     iterations: int = 2
     models: ModelsConfig = field(default_factory=ModelsConfig)
     prompts: PromptsConfig = field(default_factory=PromptsConfig)

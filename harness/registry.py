@@ -31,6 +31,7 @@ BUILTIN_MODULES = (
     "harness.models",
     "harness.strategies",
     "harness.strategies.lidr",
+    "harness.strategies.self_rewarding",
     "harness.backends",
     "harness.judges",
 )

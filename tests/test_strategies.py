@@ -215,3 +215,76 @@ def test_kto_start_trains_pi0_with_ktotrainer(tmp_path):
     m = read_json(tmp_path / "kto/iter_0/train/train_metrics.json")
     assert m["objective"] == "kto" and m["pairs"] == 8 and m["steps"] == 4  # 16 unpaired examples, batch 4
     assert m["param_change_l2"] > 0 and any("kl" in h for h in m["log_history"])
+
+
+def test_self_rewarding_pairs_from_fixed_scores(tmp_path):
+    """Chosen = the highest mean judge score, rejected = the lowest; ties and prompts with < 2 scored answers are
+    dropped and counted; the judge's "Score: N" is parsed (the last one)."""
+    from harness.io import atomic_write_jsonl, read_json
+    from harness.paths import RunLayout
+    from harness.stages import StageContext
+    from harness.strategies.self_rewarding import parse_score, score_pairs
+
+    assert parse_score("fine. Score: 2 ... no, Score: 4") == 4.0 and parse_score("**Score:** 3.5") == 3.5
+    assert parse_score("I give it 5") is None and parse_score("Score: 7") is None
+    cfg, _ = load_config(None, ["languages=[en,es]", "strategy=self_rewarding"])
+    layout = RunLayout(tmp_path)
+
+    def row(lang, pid, scores):
+        return {"lang": lang, "id": pid, "prompt": f"{lang} {pid}", "prompt_en": pid,
+                "responses": [{"text": f"answer {i} " + "x" * i, "score": s} for i, s in enumerate(scores)]}
+
+    atomic_write_jsonl(layout.stage_dir(1, "judge") / "scores.jsonl", [
+        row("en", "a", [3.0, 4.67, 1.33, 4.67]), row("en", "b", [2.0, 2.0, 2.0]), row("en", "c", [None, 5.0, None]),
+        row("es", "a", [None, 1.0, 0.0])])
+    out = tmp_path / "pairs.partial"
+    counts = score_pairs(StageContext(cfg, layout, 1, "pairs", out, None, None))
+    pairs = read_jsonl(out / "pairs.jsonl")
+    assert [(p["lang"], p["id"], p["chosen_index"], p["rejected_index"]) for p in pairs] == [
+        ("en", "a", 1, 2), ("es", "a", 1, 2)]
+    assert pairs[0]["chosen_score"] == 4.67 and pairs[0]["rejected"] == "answer 2 xx"
+    summary = read_json(out / "summary.json")
+    assert (summary["en"]["ties_dropped"], summary["en"]["unscored_dropped"]) == (1, 1)
+    assert counts == {"pairs": 2, "ties_dropped": 1, "unscored_dropped": 1}
+
+
+def test_strategy_options_are_checked(tmp_path):
+    r = run_cli("run", "demo", "--dry-run", "--runs-dir", str(tmp_path), "strategy=self_rewarding",
+                "strategy_options={judge_sample: 5}")
+    assert_one_line_error(r, "strategy_options.judge_sample: strategy 'self_rewarding' has no such option; "
+                             "did you mean 'judge_samples'?")
+    r = run_cli("run", "demo", "--dry-run", "--runs-dir", str(tmp_path), "strategy_options={judge_samples: 5}")
+    assert_one_line_error(r, "strategy 'cross_lingual' has no such option")
+
+
+@pytest.mark.model
+def test_self_rewarding_judges_with_the_model_itself(tmp_path):
+    """The policy judges every sampled answer judge_samples times with the Self-Rewarding prompt. SmolLM2-135M never
+    writes "Score: N", so nothing is scored and the pairs stage stops with one line that says so (a real run needs
+    a judge that follows the format: strategy_options.judge)."""
+    from harness.io import read_jsonl as rj
+    from harness.strategies.self_rewarding import JUDGE_PROMPT
+
+    cfg = tmp_path / "sr.yaml"
+    cfg.write_text("run_name: sr\nseed: 7\nlanguages: [en]\niterations: 1\nstrategy: self_rewarding\n"
+                   "strategy_options: {judge_samples: 2, judge_max_tokens: 8}\n"
+                   "models: {reference: smollm2-135m-instruct}\n"
+                   "prompts: {source: ultrafeedback-parallel/demo-subset, limit: 2}\n"
+                   "sample: {n: 2, max_tokens: 8, chunk: 1}\nreward: {chunk: 1}\n"
+                   "train: {batch_size: 2, max_length: 96, precision: fp32}\n"
+                   "stage0: {dataset: builtin:english_prefs, limit: 2}\n")
+    r = run_cli("run", str(cfg), "--runs-dir", str(tmp_path))
+    run = tmp_path / "sr" / "iter_1"
+    judged = rj(run / "judge" / "judgements.jsonl")
+    assert len(judged) == 2 and all(len(j) == 2 for row in judged for j in row["judgements"])
+    scores = rj(run / "judge" / "scores.jsonl")
+    for row in scores:
+        for x in row["responses"]:
+            assert len(x["scores"]) == 2 and x["score"] == (None if None in x["scores"] else sum(x["scores"]) / 2)
+    assert "Score: <total points>" in JUDGE_PROMPT
+    if any(x["score"] is not None for row in scores for x in row["responses"]):
+        assert r.returncode == 0, r.stderr[-3000:]  # a lucky format: then the pairs follow the scores
+    else:  # the run logged its stages before: the error is its last line
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+        last = r.stderr.strip().splitlines()[-1]
+        assert last.startswith("harness: error: ") and "no self-rewarding pairs" in last and "unscored" in last

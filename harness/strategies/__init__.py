@@ -20,14 +20,16 @@ The paper's three rewarding variants (METHOD.md section 3) run sample -> reward 
 - ``translate_en`` (R_t): the policy translates each response into English (greedy); the translation is scored under
   the English instruction; pairs still use the original responses. No English pairs.
 
-Baselines: ``english_only`` (the same loop on English prompts and pairs only).
+Baselines and alternatives, each in its own module: ``english_only`` (here: the same loop on English prompts and
+pairs only), ``lidr`` (:mod:`harness.strategies.lidr`), ``self_rewarding``
+(:mod:`harness.strategies.self_rewarding`). ``train.objective: kto`` (the train stage) applies to any of them.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 from harness.errors import HarnessError
 from harness.languages import get_language
@@ -78,6 +80,21 @@ class Strategy:
     name: str = ""
     stages: tuple[str, ...] = ("sample", "reward", "pairs", "train")
     translate: bool = False  # score a self-translation into English instead of the response
+    OPTIONS: ClassVar[dict] = {}  # the strategy's own settings (``strategy_options``) and their defaults
+
+    def options(self, cfg) -> dict:
+        """``strategy_options`` over the defaults; an unknown key is a one-line error naming the nearest one."""
+        import difflib
+
+        given = dict(cfg.strategy_options or {})
+        for key in given:
+            if key not in self.OPTIONS:
+                close = difflib.get_close_matches(key, list(self.OPTIONS), n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                have = ", ".join(self.OPTIONS) or "none"
+                raise HarnessError(f"strategy_options.{key}: strategy '{self.name}' has no such option{hint} "
+                                   f"(its options: {have})", key=f"strategy_options.{key}")
+        return {**self.OPTIONS, **given}
 
     # -- the knobs of the built-in stages --------------------------------------------------------------------------
     def sample_languages(self, languages: list[str]) -> list[str]:
@@ -94,6 +111,7 @@ class Strategy:
     # -- planning ----------------------------------------------------------------------------------------------------
     def check(self, cfg) -> None:
         """Config problems of this strategy, raised as HarnessError when the run is planned."""
+        self.options(cfg)
         if not self.stages or self.stages[-1] != "train":
             raise HarnessError(f"strategy '{self.name}': its last stage must be 'train' (it writes pi_k), not "
                                f"{self.stages[-1] if self.stages else 'nothing'}", key="strategy")
