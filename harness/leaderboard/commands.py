@@ -193,7 +193,7 @@ def after_run(run: Path) -> None:
     from harness.leaderboard.table import build
     from harness.ui import console
 
-    built = build([str(run)], run, "leaderboard", history=False)
+    built = build([str(run)], run, "leaderboard", history=False, title=f"run {run.name}")
     console.print(built.files[1].read_text(encoding="utf-8"))
     report = write_report(run)
     found = []

@@ -488,12 +488,12 @@ class Built:
 
 
 def build(sources: list[str], out_dir: str | Path, name: str, alpaca_eval: bool = False,
-          history: bool = True) -> Built:
+          history: bool = True, title: str | None = None) -> Built:
     """Read the sources, write ``<out>/<name>.{csv,md,html}`` (and the AlpacaEval CSVs), append the history."""
     models = find_models(sources)
     sections = split_sections(models)
     out = Path(out_dir)
-    title = f"X-AlpacaEval leaderboard: {name}"
+    title = f"X-AlpacaEval leaderboard: {title or name}"
     files = [atomic_write_text(out / f"{name}.csv", to_csv(models)),
              atomic_write_text(out / f"{name}.md", to_markdown(sections, title)),
              atomic_write_text(out / f"{name}.html", to_html(sections, title))]
