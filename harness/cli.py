@@ -91,9 +91,60 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides.append(f"data_dir={json.dumps(args.data_dir)}")
     cfg_path = _resolve_config(args.config)
     cfg, _ = load_config(cfg_path, overrides)
+    if cfg.strategies:
+        return _run_comparison(cfg, args)
+    return _run_one(cfg, args, runs_root(args.runs_dir))
+
+
+def _run_comparison(cfg, args: argparse.Namespace) -> int:
+    """``strategies: [...]``: one run per strategy under runs/<run_name>/, in order; stages whose hash a finished
+    sibling already has are shared (hard-linked), not redone; a strategy that fails does not stop the others (their
+    finished stages stay, a rerun resumes only what is missing); one leaderboard of every model at the end."""
+    import dataclasses
+
+    from harness.paths import runs_root
+    from harness.ui import console
+
+    root = runs_root(args.runs_dir) / cfg.run_name
+    subs = [dataclasses.replace(cfg, strategy=s, strategies=[], run_name=s) for s in cfg.strategies]
+    if len(set(cfg.strategies)) != len(cfg.strategies):
+        raise HarnessError(f"strategies lists a strategy twice: {cfg.strategies}", key="strategies")
+    for sub in subs:  # every strategy's config problems before the first stage runs
+        sub.validate()
+        from harness.pipeline import Pipeline
+
+        Pipeline(sub, root, offline_plan=args.dry_run, share=True).strategy.check(sub)
+    failed = []
+    for sub in subs:
+        console.print(f"[bold]strategy {sub.strategy}[/bold] -> {root / sub.strategy}")
+        try:
+            _run_one(sub, args, root, share=True, after=False)
+        except HarnessError as e:
+            if args.debug:
+                raise
+            failed.append((sub.strategy, e.render()))
+            console.print(f"[red]strategy {sub.strategy} failed[/red]: {e.render()}")
+    if args.dry_run:
+        return 0
+    finished = [str(root / s.strategy) for s in subs if any((root / s.strategy).glob("iter_*/eval/_done.json"))]
+    if cfg.eval.enabled and finished:
+        from harness.leaderboard.table import build
+
+        built = build(finished, root, "leaderboard", history=False, title=f"comparison {cfg.run_name}")
+        console.print(built.files[1].read_text(encoding="utf-8"))
+        console.print(f"wrote: {', '.join(str(f) for f in built.files)}")
+    for name, why in failed:
+        console.print(f"failed: {name}: {why}")
+    if failed:
+        raise HarnessError(f"{len(failed)} of {len(subs)} strategies failed ({', '.join(n for n, _ in failed)}); "
+                           "the others' stages are kept, a rerun resumes what is missing")
+    return 0
+
+
+def _run_one(cfg, args: argparse.Namespace, runs_dir: Path, share: bool = False, after: bool = True) -> int:
     from harness.pipeline import Pipeline
 
-    pipe = Pipeline(cfg, runs_root(args.runs_dir), offline_plan=args.dry_run)
+    pipe = Pipeline(cfg, runs_dir, offline_plan=args.dry_run, share=share)
     tasks = pipe.plan()
     if args.force:
         pipe.apply_force(args.force)
@@ -112,7 +163,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     pipe.run(on_task)
     _print_summary(pipe, tasks, time.time() - t0)
-    if cfg.eval.enabled:
+    if cfg.eval.enabled and after:
         from harness.leaderboard.commands import after_run
 
         after_run(pipe.layout.root)
@@ -219,7 +270,8 @@ def _print_summary(pipe, tasks, seconds: float) -> None:
             res = (f"{c.get('pairs')} pairs, {c.get('steps')} steps, loss {c.get('loss_first', 0):.3f} -> "
                    f"{c.get('loss_last', 0):.3f}, margin {c.get('reward_margin_first') or 0:.3f} -> "
                    f"{c.get('reward_margin_last') or 0:.3f}, |dtheta| {pc if pc is None else f'{pc:.4f}'}")
-        table.add_row(t.label, "done" if t.status != "skip" else "skipped (done)", f"{secs:.1f}", res)
+        status = {"skip": "skipped (done)", "shared": "shared (same hash)"}.get(t.status, "done")
+        table.add_row(t.label, status, f"{secs:.1f}", res)
     console.print(table)
     k = pipe.cfg.iterations
     console.print(f"wrote: {pipe.layout.root}/ (run.json, config.yaml, log.txt, iter_*/<stage>/); "

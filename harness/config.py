@@ -198,6 +198,9 @@ class RunConfig:
     """Local copy of the shared data (else $HARNESS_DATA)."""
     languages: list = field(default_factory=lambda: ["en", "es", "de"])
     strategy: str = "cross_lingual"
+    strategies: list = field(default_factory=list)
+    """Several strategies from the same pi_0 in one command (a comparison): one run per strategy under
+    runs/<run_name>/<strategy>/, stages with equal hashes done once and shared, one leaderboard of them all."""
     strategy_options: dict = field(default_factory=dict)
     """Settings of the strategy itself, checked by it (e.g. self_rewarding: {judge_samples: 3}); see its docstring."""
     iterations: int = 2

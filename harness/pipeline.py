@@ -64,9 +64,10 @@ def package_versions() -> dict:
 
 
 class Pipeline:
-    def __init__(self, cfg: RunConfig, runs_dir: Path, offline_plan: bool = False):
+    def __init__(self, cfg: RunConfig, runs_dir: Path, offline_plan: bool = False, share: bool = False):
         self.cfg = cfg
         self.layout = RunLayout(Path(runs_dir) / cfg.run_name)
+        self.share = share  # take a finished stage with the same hash from a sibling run (a comparison's runs)
         fmt = dict(chat_template=cfg.models.chat_template, eot=cfg.models.eot, stop=cfg.models.stop)
         self.reference = resolve_model(cfg.models.reference, where="models.reference", **fmt)
         self.given_pi0 = resolve_model(cfg.models.policy, where="models.policy", **fmt) if cfg.models.policy else None
@@ -276,6 +277,11 @@ class Pipeline:
             return
         if partial.exists() and t.status != "resume":
             shutil.rmtree(partial)
+        twin = self.shared_twin(t) if t.status == "run" else None
+        if twin is not None:  # hard links: a later rerun of the twin replaces its folder, never these files
+            log.info("%s: shared with %s (same hash)", t.label, twin.parent.parent.name)
+            shutil.copytree(twin, partial, copy_function=os.link)
+            t.status, t.counts = "shared", read_json(partial / DONE).get("counts", {})
         if not (partial / DONE).exists():
             partial.mkdir(parents=True, exist_ok=True)
             atomic_write_json(partial / PARTIAL, {"hash": t.hash, "stage": t.label})
@@ -295,6 +301,22 @@ class Pipeline:
             os.replace(final, old)
         os.replace(partial, final)
         shutil.rmtree(old, ignore_errors=True)
+
+    def shared_twin(self, t: Task) -> Path | None:
+        """A sibling run's finished stage with exactly this hash (only when ``share``): the same work, done once."""
+        if not self.share:
+            return None
+        rel = self.layout.stage_dir(t.iteration, t.stage).relative_to(self.layout.root)
+        for sibling in sorted(self.layout.root.parent.iterdir()):
+            d = sibling / rel
+            if sibling == self.layout.root or not (d / DONE).is_file():
+                continue
+            try:
+                if read_json(d / DONE).get("hash") == t.hash:
+                    return d
+            except HarnessError:
+                continue
+        return None
 
     def _run_stage(self, t: Task, out: Path) -> dict:
         if t.stage == "train":

@@ -288,3 +288,53 @@ def test_self_rewarding_judges_with_the_model_itself(tmp_path):
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
         last = r.stderr.strip().splitlines()[-1]
         assert last.startswith("harness: error: ") and "no self-rewarding pairs" in last and "unscored" in last
+
+
+@pytest.mark.model
+def test_a_comparison_shares_stages_isolates_failures_and_builds_one_leaderboard(tmp_path):
+    """strategies: [...] runs each strategy from the same pi_0; stages with equal hashes run once (stage 0, the
+    shared sampling, pi_ref's and pi_0's evaluations) and are hard-linked into the others; a failing strategy
+    (self_rewarding: SmolLM2 writes no "Score: N") leaves the others' results and one leaderboard lists pi_ref and
+    pi_0 once."""
+    import csv
+    import os
+
+    cfg = tmp_path / "cmp.yaml"
+    cfg.write_text("run_name: cmp\nseed: 7\nlanguages: [en, es]\niterations: 1\n"
+                   "strategies: [cross_lingual, multilingual, self_rewarding]\n"
+                   "strategy_options: {}\n"
+                   "models: {reference: smollm2-135m-instruct}\n"
+                   "prompts: {source: ultrafeedback-parallel/demo-subset, limit: 2}\n"
+                   "sample: {n: 2, max_tokens: 8, chunk: 2}\nreward: {chunk: 2}\n"
+                   "train: {batch_size: 2, max_length: 96, precision: fp32}\n"
+                   "stage0: {dataset: builtin:english_prefs, limit: 2}\n"
+                   "eval: {enabled: true, limit: 1, max_tokens: 4, languages: [en]}\n")
+    r = run_cli("run", str(cfg), "--runs-dir", str(tmp_path / "runs"), "strategy_options={}",
+                env={"COLUMNS": "300"})
+    root = tmp_path / "runs" / "cmp"
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert r.stderr.strip().splitlines()[-1].startswith("harness: error: 1 of 3 strategies failed (self_rewarding)")
+    shared = {"multilingual": ("iter_0/train", "iter_1/sample", "iter_ref/eval", "iter_0/eval"),
+              "self_rewarding": ("iter_0/train", "iter_1/sample")}  # it stops before its evaluations
+    for s, stages in shared.items():
+        for stage in stages:
+            a, b = root / "cross_lingual" / stage / "_done.json", root / s / stage / "_done.json"
+            assert os.stat(a).st_ino == os.stat(b).st_ino, (s, stage)  # shared, not recomputed (hard links)
+    assert r.stderr.count("shared (same hash)") == 4  # multilingual's summary table
+    assert (root / "multilingual/iter_1/train/model/model.safetensors").exists()
+    assert (root / "self_rewarding/iter_1/judge/_done.json").exists() and not (root / "self_rewarding/iter_1/pairs").exists()
+    rows = list(csv.DictReader(open(root / "leaderboard.csv", encoding="utf-8")))
+    assert sorted(x["model"] for x in rows) == ["cross_lingual/pi_0", "cross_lingual/pi_1", "cross_lingual/pi_ref",
+                                                 "multilingual/pi_1"]
+    assert "shared by cross_lingual, multilingual" in (root / "leaderboard.md").read_text()
+    again = run_cli("run", str(cfg), "--runs-dir", str(tmp_path / "runs"), "strategy_options={}",
+                    env={"COLUMNS": "300"})
+    assert again.returncode == 2 and "iter_1/judge: " not in again.stderr  # only the failed pairs stage reruns
+
+
+def test_the_compare_preset_plans_every_strategy(tmp_path):
+    r = run_cli("run", "compare", "--dry-run", "--runs-dir", str(tmp_path), env={"COLUMNS": "200"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    for s in ("cross_lingual", "multilingual", "translate_en", "lidr", "english_only", "self_rewarding"):
+        assert f"strategy {s} -> {tmp_path / 'compare' / s}" in r.stderr
+    assert "iter_2/translate" in r.stderr and "iter_2/judge" in r.stderr and not (tmp_path / "compare").exists()

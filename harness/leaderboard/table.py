@@ -60,11 +60,15 @@ class Model:
     path: Path | None
     decoding: str
     rows: dict[str, dict] = field(default_factory=dict)  # lang -> row (see ROW_COLUMNS)
+    eval_hash: str = ""  # the evaluation stage's hash: equal hashes are the same evaluation of the same model
+    shared_with: list[str] = field(default_factory=list)  # other runs with this very evaluation (shown once)
 
     @property
     def group(self) -> str:
         if self.origin == "published":
             return self.run
+        if self.shared_with:
+            return f"shared by {', '.join([self.run, *self.shared_with])}"
         return f"{self.run} ({self.strategy})" if self.strategy else self.run
 
 
@@ -143,7 +147,8 @@ def _run_models(path: Path) -> list[Model]:
         ev = d / "eval"
         if not (ev / "_done.json").is_file():  # an evaluation in progress or never run: not a result yet
             continue
-        m = Model(f"{run}/{label}", label, run, label, strategy, "run", ev, decoding)
+        m = Model(f"{run}/{label}", label, run, label, strategy, "run", ev, decoding,
+                  eval_hash=str(read_json(ev / "_done.json").get("hash", "")))
         models.append(_eval_model(m, ev))
     return models
 
@@ -213,6 +218,16 @@ def find_models(sources: Iterable[str]) -> list[Model]:
             models += models_in(p)
     if not models:
         raise HarnessError("no models to put in a leaderboard")
+    first: dict[str, Model] = {}  # a comparison's runs share pi_ref's and pi_0's evaluations: show each once
+    unique = []
+    for m in models:
+        if m.eval_hash and m.eval_hash in first:
+            first[m.eval_hash].shared_with.append(m.run)
+            continue
+        if m.eval_hash:
+            first[m.eval_hash] = m
+        unique.append(m)
+    models = unique
     seen: dict[str, int] = {}
     for m in models:  # two runs of the same name in different folders: name them apart
         n = seen.get(m.name, 0)
