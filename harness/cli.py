@@ -103,17 +103,16 @@ def _run_comparison(cfg, args: argparse.Namespace) -> int:
     import dataclasses
 
     from harness.paths import runs_root
+    from harness.pipeline import Pipeline
     from harness.ui import console
 
     root = runs_root(args.runs_dir) / cfg.run_name
-    subs = [dataclasses.replace(cfg, strategy=s, strategies=[], run_name=s) for s in cfg.strategies]
     if len(set(cfg.strategies)) != len(cfg.strategies):
         raise HarnessError(f"strategies lists a strategy twice: {cfg.strategies}", key="strategies")
-    for sub in subs:  # every strategy's config problems before the first stage runs
+    subs = [dataclasses.replace(cfg, strategy=s, strategies=[], run_name=s) for s in cfg.strategies]
+    for sub in subs:  # every strategy's config problems before the first stage runs (Pipeline checks the strategy)
         sub.validate()
-        from harness.pipeline import Pipeline
-
-        Pipeline(sub, root, offline_plan=args.dry_run, share=True).strategy.check(sub)
+        Pipeline(sub, root, offline_plan=args.dry_run, share=True)
     failed = []
     for sub in subs:
         console.print(f"[bold]strategy {sub.strategy}[/bold] -> {root / sub.strategy}")

@@ -188,13 +188,13 @@ class Pipeline:
         """``--force STAGE`` (every iteration) or ``--force K:STAGE``: redo it and everything after it."""
         from harness.stages import STAGES
 
-        STAGES = tuple(dict.fromkeys((*self.strategy.stages, *STAGES)))  # noqa: N806 (the strategy's, then the rest)
+        known = tuple(dict.fromkeys((*self.strategy.stages, *STAGES)))  # the strategy's stages, then the rest
         tasks = self.plan()
         first = None
         for f in force:
             k, _, stage = f.rpartition(":")
-            if stage not in STAGES:
-                raise HarnessError(f"--force {f}: unknown stage '{stage}' ({', '.join(STAGES)})")
+            if stage not in known:
+                raise HarnessError(f"--force {f}: unknown stage '{stage}' ({', '.join(known)})")
             matches = [i for i, t in enumerate(tasks) if t.stage == stage and
                        (not k or str(t.iteration) == k or (k == "ref" and t.iteration == REF))]
             if not matches:

@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 
 from harness.errors import HarnessError
-from harness.io import read_json
 from harness.leaderboard.table import Model, key_difference, models_in
 
 N_BOOT = 2000
@@ -83,14 +82,11 @@ def consecutive(run: str) -> list[tuple[Model, Model]]:
 
 
 def _frame(lang_dir: Path):
-    import pandas as pd
+    """The language's annotations.json as harness.annotations reads every annotation file (checked, one line on
+    bad input): index, preference (NaN when unparsed), len_1, len_2, generator, generator_1."""
+    from harness.annotations import load_annotations
 
-    ann = read_json(lang_dir / "annotations.json")
-    return pd.DataFrame({"index": [int(a["index"]) for a in ann],
-                         "preference": [float("nan") if a["preference"] is None else float(a["preference"])
-                                        for a in ann],
-                         "len_1": [len(a["output_1"]) for a in ann], "len_2": [len(a["output_2"]) for a in ann],
-                         "generator": [a["generator_2"] for a in ann], "generator_1": [a["generator_1"] for a in ann]})
+    return load_annotations(lang_dir / "annotations.json")
 
 
 def _outcomes(frame) -> dict[int, float]:
