@@ -332,8 +332,9 @@ class OpenAICompatBackend(Backend):
                            "response): use transformers or vllm for backend.score")
 
 
-def check_endpoint(url: str, model: str, timeout: float = 10.0) -> None:
-    """Before anything is written: the endpoint answers /models and serves ``model`` (one line if not)."""
+def check_endpoint(url: str, model: str, timeout: float = 10.0, option: str = "--endpoint") -> None:
+    """Before anything is written: the endpoint answers /models and serves ``model`` (one line if not; ``option``
+    names the setting that gave the URL)."""
     import json
     import urllib.request
 
@@ -343,10 +344,10 @@ def check_endpoint(url: str, model: str, timeout: float = 10.0) -> None:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             served = [m.get("id") for m in json.load(r).get("data", [])]
     except (OSError, ValueError) as e:
-        raise HarnessError(f"--endpoint {url}: no OpenAI-compatible server answers ({getattr(e, 'reason', e)})") \
+        raise HarnessError(f"{option} {url}: no OpenAI-compatible server answers ({getattr(e, 'reason', e)})") \
             from None
     if model not in served:
-        raise HarnessError(f"--endpoint {url} does not serve '{model}' (it serves: {', '.join(map(str, served))})")
+        raise HarnessError(f"{option} {url} does not serve '{model}' (it serves: {', '.join(map(str, served))})")
 
 
 def load_backend(name: str, spec: ModelSpec, **options: Any) -> Backend:

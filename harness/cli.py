@@ -109,7 +109,8 @@ def _run_comparison(cfg, args: argparse.Namespace) -> int:
     root = runs_root(args.runs_dir) / cfg.run_name
     if len(set(cfg.strategies)) != len(cfg.strategies):
         raise HarnessError(f"strategies lists a strategy twice: {cfg.strategies}", key="strategies")
-    subs = [dataclasses.replace(cfg, strategy=s, strategies=[], run_name=s) for s in cfg.strategies]
+    subs = [dataclasses.replace(cfg, strategy=s, strategies=[], run_name=s,
+                                strategy_options=_options_of(cfg, s)) for s in cfg.strategies]
     for sub in subs:  # every strategy's config problems before the first stage runs (Pipeline checks the strategy)
         sub.validate()
         Pipeline(sub, root, offline_plan=args.dry_run, share=True)
@@ -138,6 +139,21 @@ def _run_comparison(cfg, args: argparse.Namespace) -> int:
         raise HarnessError(f"{len(failed)} of {len(subs)} strategies failed ({', '.join(n for n, _ in failed)}); "
                            "the others' stages are kept, a rerun resumes what is missing")
     return 0
+
+
+def _options_of(cfg, strategy: str) -> dict:
+    """In a comparison, ``strategy_options`` is keyed by strategy (``{self_rewarding: {judge_samples: 3}}``): each
+    strategy checks only its own options."""
+    opts = cfg.strategy_options or {}
+    for key, value in opts.items():
+        if key not in cfg.strategies:
+            raise HarnessError(f"strategy_options.{key}: in a comparison (strategies: [...]) strategy_options is keyed "
+                               f"by strategy, e.g. {{self_rewarding: {{judge_samples: 3}}}}; '{key}' is not one of "
+                               f"{cfg.strategies}", key=f"strategy_options.{key}")
+        if not isinstance(value, dict):
+            raise HarnessError(f"strategy_options.{key} must be a mapping of that strategy's options; got {value!r}",
+                               key=f"strategy_options.{key}")
+    return dict(opts.get(strategy) or {})
 
 
 def _run_one(cfg, args: argparse.Namespace, runs_dir: Path, share: bool = False, after: bool = True) -> int:

@@ -202,7 +202,8 @@ class RunConfig:
     """Several strategies from the same pi_0 in one command (a comparison): one run per strategy under
     runs/<run_name>/<strategy>/, stages with equal hashes done once and shared, one leaderboard of them all."""
     strategy_options: dict = field(default_factory=dict)
-    """Settings of the strategy itself, checked by it (e.g. self_rewarding: {judge_samples: 3}); see its docstring."""
+    """Settings of the strategy itself, checked by it (e.g. {judge_samples: 3} for self_rewarding; see its docstring).
+    In a comparison, keyed by strategy: {self_rewarding: {judge_samples: 3}}."""
     iterations: int = 2
     models: ModelsConfig = field(default_factory=ModelsConfig)
     prompts: PromptsConfig = field(default_factory=PromptsConfig)

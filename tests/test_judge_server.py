@@ -157,3 +157,51 @@ def test_stopped_server_loses_no_annotation_and_rerun_repeats_none(server, tmp_p
     for path in tmp_path.rglob("*"):
         if path.is_file():
             assert secret not in path.read_text(errors="ignore"), path
+
+
+def test_self_rewarding_judges_through_an_endpoint(server, tmp_path):
+    """strategy_options: {judge: NAME, judge_base_url: URL}: every judgement is the served model's seeded chat
+    completion of the Self-Rewarding prompt, with the strategy's decoding settings (a direct request with the same
+    seed gives the same text); an unreachable or wrong endpoint is one line before anything runs."""
+    from openai import OpenAI
+
+    from harness.backends import derive_seed
+    from harness.config import load_config
+    from harness.io import read_jsonl
+    from harness.pipeline import Pipeline
+    from harness.strategies.self_rewarding import JUDGE_PROMPT
+
+    opts = {"judge": SERVED, "judge_base_url": server.url, "judge_samples": 2, "judge_max_tokens": 12,
+            "judge_temperature": 0.8, "judge_top_p": 0.9}
+    cfg, _ = load_config(None, ["run_name=sr", "seed=5", "languages=[en]", "iterations=1", "strategy=self_rewarding",
+                                "models.policy=smollm2-135m-instruct", "prompts.limit=2", "sample.n=2",
+                                "sample.max_tokens=6", "strategy_options=" + json.dumps(opts)])
+    pipe = Pipeline(cfg, tmp_path / "runs")
+    for t in pipe.plan():
+        if t.iteration == 1 and t.stage in ("sample", "judge"):
+            pipe.execute(t)
+    root = pipe.layout.root / "iter_1"
+    settings = json.loads((root / "judge" / "_done.json").read_text())["settings"]
+    assert settings["judge"] == {"endpoint": server.url, "model": SERVED} and settings["backend"] == "openai_compat"
+    sampled = {(r["lang"], r["id"]): r for r in read_jsonl(root / "sample" / "responses.jsonl")}
+    judged = read_jsonl(root / "judge" / "judgements.jsonl")
+    assert len(judged) == 2
+    client = OpenAI(base_url=server.url, api_key="EMPTY")
+    r0 = judged[0]
+    x = sampled[(r0["lang"], r0["id"])]
+    direct = client.chat.completions.create(
+        model=SERVED, n=2, temperature=0.8, top_p=0.9, max_tokens=12,
+        seed=derive_seed(5, 1, "judge", r0["lang"], r0["id"], 0),
+        messages=[{"role": "user", "content": JUDGE_PROMPT.format(prompt=x["prompt"],
+                                                                  response=x["responses"][0]["text"])}])
+    assert [(c.message.content or "").strip() for c in direct.choices] == r0["judgements"][0]
+    assert all(len(texts) == 2 for r in judged for texts in r["judgements"])
+
+    for bad, message in ((f"http://127.0.0.1:{_free_port()}/v1", "no OpenAI-compatible server answers"),
+                         (server.url, "does not serve 'nope'")):
+        o = {**opts, "judge_base_url": bad, **({"judge": "nope"} if bad == server.url else {})}
+        r = run_cli("run", "demo", "--dry-run", "--runs-dir", str(tmp_path / "bad"), "strategy=self_rewarding",
+                    "strategy_options=" + json.dumps(o))
+        assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith(
+            f"harness: error: strategy_options.judge_base_url {bad}"), r.stderr[-2000:]
+        assert message in r.stderr

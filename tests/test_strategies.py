@@ -255,6 +255,23 @@ def test_strategy_options_are_checked(tmp_path):
                              "did you mean 'judge_samples'?")
     r = run_cli("run", "demo", "--dry-run", "--runs-dir", str(tmp_path), "strategy_options={judge_samples: 5}")
     assert_one_line_error(r, "strategy 'cross_lingual' has no such option")
+    r = run_cli("run", "demo", "--dry-run", "--runs-dir", str(tmp_path), "strategy=self_rewarding",
+                "strategy_options={judge_base_url: 'http://127.0.0.1:1/v1'}")
+    assert_one_line_error(r, "strategy_options.judge_base_url needs strategy_options.judge")
+
+
+def test_a_comparison_keys_strategy_options_by_strategy(tmp_path):
+    """In a comparison each strategy gets (and checks) only its own options."""
+    r = run_cli("run", "compare", "--dry-run", "--runs-dir", str(tmp_path),
+                "strategy_options={judge_samples: 2}")
+    assert_one_line_error(r, "strategy_options.judge_samples: in a comparison (strategies: [...]) strategy_options "
+                             "is keyed by strategy")
+    r = run_cli("run", "compare", "--dry-run", "--runs-dir", str(tmp_path),
+                "strategy_options={self_rewarding: {judge_sample: 2}}")
+    assert_one_line_error(r, "strategy_options.judge_sample: strategy 'self_rewarding' has no such option")
+    r = run_cli("run", "compare", "--dry-run", "--runs-dir", str(tmp_path),
+                "strategy_options={lidr: {judge_samples: 2}}")
+    assert_one_line_error(r, "strategy_options.judge_samples: strategy 'lidr' has no such option")
 
 
 @pytest.mark.model

@@ -382,3 +382,64 @@ def test_each_stage_hash_covers_what_it_uses(section, key, value, first, how):
             continue
         after = retrains_pi0 or k > changed_from or (k == changed_from and order.index(stage) >= order.index(first))
         assert (b[(k, stage)] != h) == after, f"iter_{k}/{stage}: changed={b[(k, stage)] != h}, expected {after}"
+
+
+# -- the strategies' own decoding settings -------------------------------------------------------------------------
+def _strategy_stages(strategy: str, stages: tuple[str, ...], policy, tmp_path, *extra: str) -> Pipeline:
+    from harness.pipeline import Pipeline
+
+    cfg, _ = load_config(None, ["run_name=wiring", "seed=13", "languages=[en,es]", "iterations=1",
+                                f"strategy={strategy}", f"models.policy={policy}", "prompts.limit=2",
+                                "backend.sample=recording", "backend.score=recording", "sample.max_tokens=7",
+                                "reward.translate_max_tokens=9", "reward.chunk=8", *extra])
+    pipe = Pipeline(cfg, tmp_path / "runs")
+    for t in pipe.plan():
+        if t.iteration == 1 and t.stage in stages:
+            pipe.execute(t)
+    return pipe
+
+
+@pytest.mark.model
+def test_lidr_decoding_arrives(recording_backend, perturbed_policy, tmp_path):
+    """LIDR's fixed decoding (greedy, repetition penalty 1.1, sample.max_tokens) reaches model.generate, and its
+    self-translations run greedy with reward.translate_max_tokens under the scoring dtype."""
+    from harness.strategies.lidr import REPETITION_PENALTY
+
+    _strategy_stages("lidr", ("sample", "translate"), perturbed_policy, tmp_path, "reward.dtype=bfloat16",
+                     "sample.temperature=0.9", "sample.n=4")
+    gens = [c[2] for c in CALLS if c[0] == "generate"]
+    model_kw = [c[1] for c in CALLS if c[0] == "model.generate"]
+    assert len(gens) == 2 and len(model_kw) == 2  # one sample call (en+es prompts), one translate call
+    sample, trans = gens
+    assert (sample["n"], sample["temperature"], sample["max_tokens"], sample["repetition_penalty"]) == \
+        (1, 0.0, 7, REPETITION_PENALTY)  # not sample.n / sample.temperature: LIDR answers greedily, once
+    assert (trans["n"], trans["temperature"], trans["max_tokens"]) == (1, 0.0, 9)
+    assert [(k["do_sample"], k["num_return_sequences"], k["max_new_tokens"], k["repetition_penalty"])
+            for k in model_kw] == [(False, 1, 7, REPETITION_PENALTY), (False, 1, 9, 1.0)]
+    assert [c[2] for c in CALLS if c[0] == "loaded"] == ["float32", "bfloat16"]  # sampling, then translating
+
+
+@pytest.mark.model
+def test_self_rewarding_judge_settings_arrive(recording_backend, perturbed_policy, tmp_path):
+    """strategy_options.judge_samples / judge_max_tokens / judge_temperature / judge_top_p reach the judge's
+    model.generate, with per-response seeds; the judge is the policy unless strategy_options.judge says otherwise."""
+    from harness.backends import derive_seed
+    from harness.io import read_jsonl
+
+    opts = {"judge_samples": 2, "judge_max_tokens": 5, "judge_temperature": 0.4, "judge_top_p": 0.6}
+    pipe = _strategy_stages("self_rewarding", ("sample", "judge"), perturbed_policy, tmp_path, "sample.n=2",
+                            "strategy_options=" + json.dumps(opts))
+    judge_calls = [c for c in CALLS if c[0] == "generate"][1:]  # the first is the sampling
+    assert len(judge_calls) == 1
+    g = judge_calls[0][2]
+    assert (g["n"], g["temperature"], g["top_p"], g["max_tokens"]) == (2, 0.4, 0.6, 5)
+    k = [c[1] for c in CALLS if c[0] == "model.generate"][-1]
+    assert (k["do_sample"], k["num_return_sequences"], k["temperature"], k["top_p"], k["max_new_tokens"]) == \
+        (True, 2, 0.4, 0.6, 5)
+    inits = [c[1] for c in CALLS if c[0] == "init"]
+    assert inits == [pipe.model(0).name] * 2  # sampler and judge: the policy pi_0
+    rows = read_jsonl(pipe.layout.root / "iter_1" / "sample" / "responses.jsonl")
+    assert g["seeds"] == [derive_seed(13, 1, "judge", r["lang"], r["id"], i) for r in rows
+                          for i in range(len(r["responses"]))]
+    judged = read_jsonl(pipe.layout.root / "iter_1" / "judge" / "judgements.jsonl")
+    assert all(len(texts) == 2 for r in judged for texts in r["judgements"])

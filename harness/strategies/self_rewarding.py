@@ -9,6 +9,8 @@ are dropped and counted. No length control. The paper does not compare against t
 
 Stages: ``sample`` (as ICR), ``judge`` (judgements.jsonl and scores.jsonl), ``pairs``, ``train`` (``train.*``).
 Options (``strategy_options``): ``judge`` (a registered model or local folder; default: the policy pi_{k-1} itself),
+``judge_base_url`` (an OpenAI-compatible server, e.g. ``vllm serve``, that serves ``judge`` under that name: the
+judgements are then its chat completions, seeded per response, through the ``openai_compat`` backend),
 ``judge_samples`` (3), ``judge_max_tokens`` (256: room for the justification of up to 100 words and the score),
 ``judge_temperature`` (0.7) and ``judge_top_p`` (0.9).
 """
@@ -63,8 +65,8 @@ def parse_score(text: str) -> float | None:
 class SelfRewarding(CrossLingual):
     name: str = "self_rewarding"
     stages: tuple[str, ...] = ("sample", "judge", "pairs", "train")
-    OPTIONS = {"judge": None, "judge_samples": 3, "judge_max_tokens": 256, "judge_temperature": 0.7,
-               "judge_top_p": 0.9}
+    OPTIONS = {"judge": None, "judge_base_url": None, "judge_samples": 3, "judge_max_tokens": 256,
+               "judge_temperature": 0.7, "judge_top_p": 0.9}
 
     def check(self, cfg) -> None:
         super().check(cfg)
@@ -76,36 +78,47 @@ class SelfRewarding(CrossLingual):
         if not (isinstance(o["judge_temperature"], (int, float)) and o["judge_temperature"] >= 0):
             raise HarnessError(f"strategy_options.judge_temperature must be >= 0; got {o['judge_temperature']!r}",
                                key="strategy_options.judge_temperature")
-        if o["judge"] is not None:
+        if o["judge_base_url"] is not None:
+            if o["judge"] is None:
+                raise HarnessError("strategy_options.judge_base_url needs strategy_options.judge: the model name the "
+                                   "server serves", key="strategy_options.judge")
+            from harness.backends import check_endpoint
+
+            check_endpoint(str(o["judge_base_url"]), str(o["judge"]), option="strategy_options.judge_base_url")
+        elif o["judge"] is not None:
             from harness.models import resolve_model
 
             resolve_model(str(o["judge"]), where="strategy_options.judge")
 
-    def judge_model(self, ctx):
-        o = self.options(ctx.cfg)
+    def judge_model(self, cfg, policy):
+        """(backend name, ModelSpec) of the judge: the policy, a registered model or folder, or a served model."""
+        o = self.options(cfg)
+        if o["judge_base_url"] is not None:
+            from harness.models import ModelSpec
+
+            return "openai_compat", ModelSpec(str(o["judge"]), "endpoint", str(o["judge_base_url"]).rstrip("/"),
+                                              description="OpenAI-compatible endpoint")
         if o["judge"] is None:
-            return ctx.policy
+            return cfg.backend.sample, policy
         from harness.models import resolve_model
 
-        return resolve_model(str(o["judge"]), where="strategy_options.judge")
+        return cfg.backend.sample, resolve_model(str(o["judge"]), where="strategy_options.judge")
 
     def stage_settings(self, stage: str, plan: StagePlan) -> dict:
         if stage == "judge":
             o = self.options(plan.cfg)
-            judge = plan.policy if o["judge"] is None else self.judge_model_identity(o["judge"])
+            if o["judge"] is None:
+                judge, backend = plan.policy, plan.cfg.backend.sample
+            else:
+                backend, spec = self.judge_model(plan.cfg, None)
+                judge = spec.identity() if spec.source != "endpoint" else {"endpoint": spec.path, "model": spec.name}
             return {**plan.previous(stage, self.stages), "judge": judge, "prompt": JUDGE_PROMPT,
-                    **{k: v for k, v in o.items() if k != "judge"}, "backend": plan.cfg.backend.sample,
+                    **{k: v for k, v in o.items() if k not in ("judge", "judge_base_url")}, "backend": backend,
                     "backend_options": plan.cfg.backend.options, "seed": plan.cfg.seed}
         if stage == "pairs":
             return {**plan.previous(stage, self.stages), "languages": self.pair_languages(plan.cfg.languages),
                     "rule": "highest vs lowest mean judge score, ties dropped"}
         return super().stage_settings(stage, plan)
-
-    @staticmethod
-    def judge_model_identity(name: str) -> dict:
-        from harness.models import resolve_model
-
-        return resolve_model(name, where="strategy_options.judge").identity()
 
     def stage_function(self, stage: str):
         return {"judge": judge, "pairs": score_pairs}.get(stage) or super().stage_function(stage)
@@ -130,8 +143,8 @@ def judge(ctx) -> dict:
     out = JsonlAppender(ctx.out / "judgements.jsonl")
     todo = out.pending_chunks(keys, cfg.reward.chunk, lambda r: (r["lang"], r["id"]))
     if todo:
-        model = strategy.judge_model(ctx)
-        with load_backend(cfg.backend.sample, model, threads=cfg.backend.threads, **cfg.backend.options) as be, \
+        backend, model = strategy.judge_model(cfg, ctx.policy)
+        with load_backend(backend, model, threads=cfg.backend.threads, **cfg.backend.options) as be, \
                 progress() as bar:
             task = bar.add_task(f"iter {ctx.iteration} judge", total=len(rows),
                                 completed=len(rows) - sum(map(len, todo)))
