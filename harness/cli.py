@@ -190,6 +190,9 @@ def _plan_counts(pipe, t) -> str:
     n_prompts = pipe.prompts(t.iteration)[1] if t.iteration >= 1 else 0
     langs = len(pipe.strategy.sample_languages(cfg.languages))
     pair_langs = len(pipe.strategy.pair_languages(cfg.languages))
+    own = pipe.strategy.describe(t.stage, cfg, n_prompts) if t.iteration >= 1 else None
+    if own is not None:
+        return own
     if t.stage not in ("sample", "reward", "pairs", "train", "eval"):
         return "(the strategy's own stage)"
     if t.stage == "sample":
@@ -201,7 +204,7 @@ def _plan_counts(pipe, t) -> str:
         extra = f" (+{s} self-translations)" if pipe.strategy.translate else ""
         return f"{2 * s} sequences scored (policy + reference){extra}"
     if t.stage == "pairs":
-        return f"<= {n_prompts * pair_langs} pairs ({pair_langs} languages)"
+        return f"<= {n_prompts * pair_langs} pairs ({pair_langs} language{'s' * (pair_langs != 1)})"
     if t.stage == "eval":
         from harness.data import eval_subset
 
@@ -286,7 +289,9 @@ def _print_summary(pipe, tasks, seconds: float) -> None:
                    f"{c.get('loss_last', 0):.3f}, margin {c.get('reward_margin_first') or 0:.3f} -> "
                    f"{c.get('reward_margin_last') or 0:.3f}, |dtheta| {pc if pc is None else f'{pc:.4f}'}")
         status = {"skip": "skipped (done)", "shared": "shared (same hash)"}.get(t.status, "done")
-        table.add_row(t.label, status, f"{secs:.1f}", res)
+        table.add_row(t.label, status, f"{secs:.1f}" if t.status not in ("skip", "shared") else f"({secs:.1f})", res)
+    if any(t.status in ("skip", "shared") for t in tasks):
+        table.caption = "(seconds): when that stage first ran, not in this run"
     console.print(table)
     k = pipe.cfg.iterations
     console.print(f"wrote: {pipe.layout.root}/ (run.json, config.yaml, log.txt, iter_*/<stage>/); "

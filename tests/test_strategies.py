@@ -355,3 +355,7 @@ def test_the_compare_preset_plans_every_strategy(tmp_path):
     for s in ("cross_lingual", "multilingual", "translate_en", "lidr", "english_only", "self_rewarding"):
         assert f"strategy {s} -> {tmp_path / 'compare' / s}" in r.stderr
     assert "iter_2/translate" in r.stderr and "iter_2/judge" in r.stderr and not (tmp_path / "compare").exists()
+    # the strategies' own stages say what they will do
+    assert "64 greedy self-translations (en <-> 2 languages), <= 96 tokens each" in r.stderr
+    assert "48 prompts x 1 greedy answer" in r.stderr
+    assert "192 responses x 3 judgements by the policy, <= 128 tokens each" in r.stderr

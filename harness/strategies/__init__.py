@@ -82,6 +82,10 @@ class Strategy:
     translate: bool = False  # score a self-translation into English instead of the response
     OPTIONS: ClassVar[dict] = {}  # the strategy's own settings (``strategy_options``) and their defaults
 
+    def describe(self, stage: str, cfg, n_prompts: int) -> str | None:
+        """The work of ``stage`` in ``--dry-run``'s plan (None: the built-in stages' description)."""
+        return None
+
     def options(self, cfg) -> dict:
         """``strategy_options`` over the defaults; an unknown key is a one-line error naming the nearest one."""
         import difflib

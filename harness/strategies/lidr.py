@@ -75,6 +75,18 @@ class LIDR(CrossLingual):
             return {**up, "model": plan.policy, "train": to_dict(ck.train), "seed": ck.seed}
         return super().stage_settings(stage, plan)
 
+    def describe(self, stage: str, cfg, n_prompts: int) -> str | None:
+        targets = sum(lang != "en" for lang in cfg.languages)
+        if stage == "sample":
+            n = n_prompts * len(cfg.languages)
+            return f"{n} prompts x 1 greedy answer, <= {n * cfg.sample.max_tokens:,} new tokens"
+        if stage == "translate":
+            return (f"{2 * n_prompts * targets} greedy self-translations (en <-> {targets} languages), "
+                    f"<= {cfg.reward.translate_max_tokens} tokens each")
+        if stage == "pairs":
+            return f"<= {2 * n_prompts * targets} pairs (target and English)"
+        return None
+
     def stage_function(self, stage: str):
         return {"sample": greedy_sample, "translate": translate, "pairs": lidr_pairs}.get(stage) or \
             super().stage_function(stage)

@@ -120,6 +120,14 @@ class SelfRewarding(CrossLingual):
                     "rule": "highest vs lowest mean judge score, ties dropped"}
         return super().stage_settings(stage, plan)
 
+    def describe(self, stage: str, cfg, n_prompts: int) -> str | None:
+        if stage != "judge":
+            return None
+        o = self.options(cfg)
+        n = n_prompts * len(self.sample_languages(cfg.languages)) * cfg.sample.n
+        who = "the policy" if o["judge"] is None else f"{o['judge']}" + (" (endpoint)" if o["judge_base_url"] else "")
+        return (f"{n} responses x {o['judge_samples']} judgements by {who}, <= {o['judge_max_tokens']} tokens each")
+
     def stage_function(self, stage: str):
         return {"judge": judge, "pairs": score_pairs}.get(stage) or super().stage_function(stage)
 
