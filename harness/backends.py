@@ -94,7 +94,10 @@ class Backend:
         return self
 
     def __exit__(self, *exc):
-        self.close()
+        from harness.timing import phase
+
+        with phase("load"):  # releasing an engine (vLLM's shutdown) counts with its start
+            self.close()
 
 
 def _torch_dtype(name: str):
@@ -353,5 +356,8 @@ def check_endpoint(url: str, model: str, timeout: float = 10.0, option: str = "-
 def load_backend(name: str, spec: ModelSpec, **options: Any) -> Backend:
     from harness.registry import get
 
+    from harness.timing import phase
+
     cls = get("backends", name)
-    return cls(spec, **options)
+    with phase("load"):
+        return cls(spec, **options)

@@ -255,15 +255,18 @@ def _print_summary(pipe, tasks, seconds: float) -> None:
     from rich.table import Table
 
     from harness.io import read_json
+    from harness.timing import fmt_split
     from harness.ui import console
 
     table = Table(title=f"run {pipe.cfg.run_name}: {seconds:.0f} s")
-    for col in ("stage", "status", "seconds", "result"):
+    for col in ("stage", "status", "seconds", "where the time went", "result"):
         table.add_column(col)
     for t in tasks:
         rec = read_json(pipe.layout.done_path(t.iteration, t.stage))
         c = rec.get("counts", {})
         secs = rec.get("seconds", 0)
+        split = fmt_split(rec["time"]) if rec.get("time") else ""
+
         if t.stage == "sample":
             res = (f"{c.get('responses')} responses, {c.get('empty_responses')} empty, "
                    f"{c.get('truncated_responses')} truncated")
@@ -289,7 +292,8 @@ def _print_summary(pipe, tasks, seconds: float) -> None:
                    f"{c.get('loss_last', 0):.3f}, margin {c.get('reward_margin_first') or 0:.3f} -> "
                    f"{c.get('reward_margin_last') or 0:.3f}, |dtheta| {pc if pc is None else f'{pc:.4f}'}")
         status = {"skip": "skipped (done)", "shared": "shared (same hash)"}.get(t.status, "done")
-        table.add_row(t.label, status, f"{secs:.1f}" if t.status not in ("skip", "shared") else f"({secs:.1f})", res)
+        table.add_row(t.label, status, f"{secs:.1f}" if t.status not in ("skip", "shared") else f"({secs:.1f})",
+                      split, res)
     if any(t.status in ("skip", "shared") for t in tasks):
         table.caption = "(seconds): when that stage first ran, not in this run"
     console.print(table)

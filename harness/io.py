@@ -72,18 +72,21 @@ def check_output_file(path: str | Path, what: str = "output file") -> Path:
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
+    from harness.timing import phase
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with phase("write"):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return path
 
 
@@ -182,11 +185,15 @@ class JsonlAppender:
         return [c for c in chunks if c not in complete]
 
     def append(self, rows: Iterable[dict]) -> None:
-        for r in rows:
-            self._fh.write(dumps(r, indent=None) + "\n")
-            self.rows.append(r)
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        from harness.timing import phase
+
+        rows = list(rows)
+        with phase("write"):
+            for r in rows:
+                self._fh.write(dumps(r, indent=None) + "\n")
+                self.rows.append(r)
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
 
     def close(self) -> None:
         self._fh.close()

@@ -144,7 +144,10 @@ class LocalLogprobJudge(Judge):
             from harness.backends import TransformersBackend
             from harness.models import resolve_model
 
-            self._backend = TransformersBackend(resolve_model(self.model), dtype="float32", threads=self.threads)
+            from harness.timing import phase
+
+            with phase("load"):
+                self._backend = TransformersBackend(resolve_model(self.model), dtype="float32", threads=self.threads)
         return self._backend
 
     def _preferences(self, df) -> list[float]:

@@ -29,6 +29,7 @@ from harness.paths import DONE, PARTIAL, REF, RunLayout
 from harness.registry import get
 from harness.stages import StageContext, stage_function
 from harness.strategies import StagePlan
+from harness.timing import stage_clock
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class Task:
     status: str = "run"  # run | skip | resume | rerun
     counts: dict = field(default_factory=dict)
     seconds: float = 0.0
+    split: dict = field(default_factory=dict)  # seconds per phase (harness.timing)
 
     @property
     def label(self) -> str:
@@ -286,12 +288,14 @@ class Pipeline:
             partial.mkdir(parents=True, exist_ok=True)
             atomic_write_json(partial / PARTIAL, {"hash": t.hash, "stage": t.label})
             t0 = time.time()
-            counts = self._run_stage(t, partial)
+            with stage_clock() as clock:
+                counts = self._run_stage(t, partial)
+                t.split = clock.split()  # load / compute / write (harness.timing)
             t.seconds = time.time() - t0
             t.counts = counts
             atomic_write_json(partial / DONE, {
                 "stage": t.stage, "iteration": t.iteration, "hash": t.hash, "hash_version": HASH_VERSION,
-                "settings": t.settings, "counts": counts, "seconds": round(t.seconds, 2),
+                "settings": t.settings, "counts": counts, "seconds": round(t.seconds, 2), "time": t.split,
                 "versions": package_versions(),
                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
             (partial / PARTIAL).unlink()

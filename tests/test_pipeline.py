@@ -64,8 +64,14 @@ def test_artifact_contract(finished_run):
     assert m["param_change_l2"] > 0 and m["steps"] == 2
     assert (run / "iter_1/train/model/model.safetensors").exists()
     for stage in ("iter_0/train", "iter_1/sample", "iter_1/reward", "iter_1/pairs", "iter_1/train"):
-        assert (run / stage / "_done.json").exists()
+        done = read_json(run / stage / "_done.json")
+        # where the time went: the phases add up to the stage's wall time; model stages load and write
+        assert sum(done["time"].values()) == pytest.approx(done["seconds"], abs=0.1), (stage, done["time"])
+        assert done["time"]["write"] > 0 and done["time"]["compute"] > 0
+        if stage != "iter_1/pairs":
+            assert done["time"]["load"] > 0, (stage, done["time"])
     assert not list(run.glob("iter_*/*.partial"))
+    assert "where the time went" in finished_run[3].stderr and "load " in finished_run[3].stderr
 
 
 def test_rerun_skips_everything(finished_run):

@@ -201,6 +201,7 @@ def run(ctx: StageContext) -> dict:
 
     from harness.backends import available_cores
     from harness.models import format_prompt
+    from harness.timing import phase
     from harness.ui import progress
 
     tc = ctx.cfg.train_for(ctx.iteration)
@@ -216,7 +217,8 @@ def run(ctx: StageContext) -> dict:
     if not rows:
         raise HarnessError("no training pairs")
     dtype = torch.bfloat16 if tc.precision == "bf16" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=spec.trust_remote_code)
+    with phase("load"):
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=spec.trust_remote_code)
     n_params = sum(p.numel() for p in model.parameters())
     before = ({n: p.detach().to("cpu", copy=True).float() for n, p in model.named_parameters()}
               if n_params < 2e9 else None)
@@ -243,8 +245,9 @@ def run(ctx: StageContext) -> dict:
             bar_holder["bar"].stop()
 
     trainer_cls, data = (KTOTrainer, kto_rows(rows, ctx.cfg.seed)) if tc.objective == "kto" else (DPOTrainer, rows)
-    trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(data), processing_class=tok,
-                          peft_config=peft_config, callbacks=[RichBar()])
+    with phase("load"):  # the trainer tokenizes the dataset here
+        trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(data), processing_class=tok,
+                              peft_config=peft_config, callbacks=[RichBar()])
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # logs go to train_metrics.json; the rich bar shows progress
@@ -259,8 +262,9 @@ def run(ctx: StageContext) -> dict:
     final = trainer.model
     if tc.method == "lora":
         final = final.merge_and_unload()
-    final.save_pretrained(ctx.out / "model")
-    tok.save_pretrained(ctx.out / "model")
+    with phase("write"):
+        final.save_pretrained(ctx.out / "model")
+        tok.save_pretrained(ctx.out / "model")
     change = None
     if before is not None:
         sq = 0.0
