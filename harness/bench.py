@@ -139,3 +139,86 @@ def bench_compare(n_langs: int = 5, n: int = 805, n_boot: int = 2000, repeats: i
                   f"budget 30 s; {sum(c.verdict != 'within noise' for c in changes)} of {len(changes)} changes "
                   "flagged for a simulated +2-point change")
     return {"median_s": med, "times": times}
+
+
+def matmul_peak(dtype_name: str, n: int = 2048, seconds: float = 1.5) -> float:
+    """GFLOP/s of a square matmul in this process (the machine's practical peak for that dtype), after warm-up."""
+    import torch
+
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype_name]
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    for _ in range(2):
+        a @ b
+    iters, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        iters += 1
+    return 2 * n ** 3 * iters / (time.perf_counter() - t0) / 1e9
+
+
+def bench_train(steps: int = 3, batch_size: int = 8, precision: str = "bf16_cpu", max_length: int = 256) -> dict:
+    """DPO + NLL optimizer steps of the train stage itself (``harness.stages.train.build_trainer``) on the demo's
+    stage-0 pairs: the median step time over ``steps`` after one warm-up step, tokens/s (prompt + chosen + rejected,
+    padding excluded) and the fraction of the bf16 matmul peak measured in this process (useful FLOPs = 6 x
+    parameters x tokens: forward and backward of the policy; the reference log-probs are precomputed, as in a run)."""
+    import statistics
+    import tempfile
+    from pathlib import Path
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+    from harness.backends import available_cores
+    from harness.config import TrainConfig
+    from harness.data import load_english_prefs
+    from harness.models import format_prompt, resolve_model
+    from harness.stages.train import build_dpo_config, build_trainer
+
+    torch.set_num_threads(available_cores())
+    spec = resolve_model("smollm2-135m-instruct")
+    path = spec.local_path()
+    tok = AutoTokenizer.from_pretrained(path)
+    eot = spec.eot or tok.eos_token
+    tok.eos_token = eot
+    pairs, _ = load_english_prefs("builtin:english_prefs", None)
+    need = batch_size * (steps + 1)
+    rows = [{"prompt": format_prompt(spec, tok, p.prompt), "chosen": p.chosen + eot, "rejected": p.rejected + eot}
+            for p in (pairs * (need // len(pairs) + 1))[:need]]
+    tc = TrainConfig(batch_size=batch_size, precision=precision, max_length=max_length, learning_rate=1e-5,
+                     extra={"max_steps": steps + 1})
+    times: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            times.append(time.perf_counter() - self.t0)
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    n_params = sum(p.numel() for p in model.parameters())
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = build_trainer(model, tok, rows, tc, build_dpo_config(tc, Path(tmp), 0), 0, callbacks=[Clock()])
+        trainer.train()
+    step_s = statistics.median(times[1:])
+    per_step = []
+    for s in range(1, steps + 1):
+        chunk = rows[s * batch_size:(s + 1) * batch_size]
+        per_step.append(sum(min(max_length, len(tok(r["prompt"] + r[side], add_special_tokens=False)["input_ids"]))
+                            for r in chunk for side in ("chosen", "rejected")))
+    tokens = statistics.mean(per_step)
+    peak = matmul_peak("bfloat16" if precision.startswith("bf16") else "float32")
+    achieved = 6 * n_params * tokens / step_s / 1e9
+    return {"step_s": step_s, "min_s": min(times[1:]), "max_s": max(times[1:]), "tokens_per_step": tokens,
+            "tokens_per_s": tokens / step_s, "gflops": achieved, "peak_gflops": peak, "fraction_of_peak": achieved / peak,
+            "warmup_s": times[0], "steps": steps}
+
+
+def print_train(steps: int = 3) -> dict:
+    r = bench_train(steps=steps)
+    console.print(f"train (DPO + NLL, bf16 autocast, batch 8, SmolLM2-135M): median step {r['step_s']:.2f} s over "
+                  f"{r['steps']} steps (min {r['min_s']:.2f}, max {r['max_s']:.2f}; warm-up step {r['warmup_s']:.2f} s), "
+                  f"{r['tokens_per_step']:.0f} tokens/step = {r['tokens_per_s']:,.0f} tokens/s, "
+                  f"{r['gflops']:.0f} GFLOP/s = {100 * r['fraction_of_peak']:.1f}% of the bf16 matmul peak "
+                  f"({r['peak_gflops']:.0f} GFLOP/s measured now)")
+    return r

@@ -130,9 +130,12 @@ def _run_comparison(cfg, args: argparse.Namespace) -> int:
     if cfg.eval.enabled and finished:
         from harness.leaderboard.table import build
 
+        from harness.leaderboard.report import write_report
+
         built = build(finished, root, "leaderboard", history=False, title=f"comparison {cfg.run_name}")
         console.print(built.files[1].read_text(encoding="utf-8"))
-        console.print(f"wrote: {', '.join(str(f) for f in built.files)}")
+        reports = [write_report(run)["index"] for run in finished]  # each strategy's plots and outputs pages
+        console.print(f"wrote: {', '.join(str(f) for f in built.files)}; reports: {', '.join(map(str, reports))}")
     for name, why in failed:
         console.print(f"failed: {name}: {why}")
     if failed:
@@ -482,6 +485,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from harness.bench import bench_compare
 
         bench_compare()
+    elif args.train:
+        from harness.bench import print_train
+
+        print_train()
     else:
         run_bench(args.backends, n_prompts=args.prompts, max_tokens=args.max_tokens)
     from harness.ui import console
@@ -566,6 +573,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--debug", action="store_true")
     b.add_argument("--compare", action="store_true",
                    help="instead: time harness compare on 2 models x 5 languages x 805 instructions (no model)")
+    b.add_argument("--train", action="store_true",
+                   help="instead: the train stage's DPO + NLL step: tokens/s and fraction of the bf16 matmul peak")
     b.set_defaults(fn=cmd_bench)
     from harness.annotations import add_score_annotations_parser
 

@@ -344,6 +344,7 @@ def test_a_comparison_shares_stages_isolates_failures_and_builds_one_leaderboard
     assert sorted(x["model"] for x in rows) == ["cross_lingual/pi_0", "cross_lingual/pi_1", "cross_lingual/pi_ref",
                                                  "multilingual/pi_1"]
     assert "shared by cross_lingual, multilingual" in (root / "leaderboard.md").read_text()
+    assert (root / "cross_lingual/report/index.html").exists() and (root / "multilingual/report/index.html").exists()
     again = run_cli("run", str(cfg), "--runs-dir", str(tmp_path / "runs"), "strategy_options={}",
                     env={"COLUMNS": "300"})
     assert again.returncode == 2 and "iter_1/judge: " not in again.stderr  # only the failed pairs stage reruns

@@ -192,12 +192,24 @@ def _load_rows(ctx: StageContext, tokenizer_eot: str, fmt) -> list[dict]:
              "rejected": r["rejected"] + tokenizer_eot} for r in rows]
 
 
+def build_trainer(model, tok, rows: list[dict], tc: TrainConfig, args, seed: int, peft_config=None, callbacks=()):
+    """The TRL trainer of these rows and settings (DPOTrainer, or KTOTrainer on the unpaired rows); the train stage
+    and ``harness bench`` build it here, so the benchmark measures the stage's own step."""
+    from datasets import Dataset
+    from transformers.trainer_callback import PrinterCallback
+    from trl import DPOTrainer, KTOTrainer
+
+    trainer_cls, data = (KTOTrainer, kto_rows(rows, seed)) if tc.objective == "kto" else (DPOTrainer, rows)
+    trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(data), processing_class=tok,
+                          peft_config=peft_config, callbacks=list(callbacks))
+    trainer.remove_callback(PrinterCallback)  # logs go to train_metrics.json; the rich bar shows progress
+    return trainer
+
+
 def run(ctx: StageContext) -> dict:
     import torch
-    from datasets import Dataset
     from rich.progress import Progress
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-    from trl import DPOTrainer, KTOTrainer
 
     from harness.backends import available_cores
     from harness.models import format_prompt
@@ -244,13 +256,8 @@ def run(ctx: StageContext) -> dict:
         def on_train_end(self, a, state, control, **k):
             bar_holder["bar"].stop()
 
-    trainer_cls, data = (KTOTrainer, kto_rows(rows, ctx.cfg.seed)) if tc.objective == "kto" else (DPOTrainer, rows)
-    with phase("load"):  # the trainer tokenizes the dataset here
-        trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(data), processing_class=tok,
-                              peft_config=peft_config, callbacks=[RichBar()])
-    from transformers.trainer_callback import PrinterCallback
-
-    trainer.remove_callback(PrinterCallback)  # logs go to train_metrics.json; the rich bar shows progress
+    with phase("load"):  # the trainer tokenizes the dataset (and precomputes the reference log-probs) here
+        trainer = build_trainer(model, tok, rows, tc, args, ctx.cfg.seed, peft_config, callbacks=[RichBar()])
     resume = resume_checkpoint(ctx.out / "trainer") if tc.save_steps else None
     if resume is not None:
         log.info("iter %d train: resuming from %s", ctx.iteration, resume.name)
