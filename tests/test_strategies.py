@@ -258,6 +258,9 @@ def test_strategy_options_are_checked(tmp_path):
     r = run_cli("run", "demo", "--dry-run", "--runs-dir", str(tmp_path), "strategy=self_rewarding",
                 "strategy_options={judge_base_url: 'http://127.0.0.1:1/v1'}")
     assert_one_line_error(r, "strategy_options.judge_base_url needs strategy_options.judge")
+    r = run_cli("run", "demo", "--dry-run", "--runs-dir", str(tmp_path), "strategy=self_rewarding",
+                "strategy_options={judge_backend: vllmm}")
+    assert_one_line_error(r, "strategy_options.judge_backend: ", "vllmm")
 
 
 def test_a_comparison_keys_strategy_options_by_strategy(tmp_path):
