@@ -156,7 +156,8 @@ def matmul_peak(dtype_name: str, n: int = 2048, seconds: float = 1.5) -> float:
     return 2 * n ** 3 * iters / (time.perf_counter() - t0) / 1e9
 
 
-def bench_train(steps: int = 3, batch_size: int = 8, precision: str = "bf16_cpu", max_length: int = 256) -> dict:
+def bench_train(steps: int = 3, batch_size: int = 8, precision: str = "bf16_cpu", max_length: int = 256,
+                compact_head: bool = True) -> dict:
     """DPO + NLL optimizer steps of the train stage itself (``harness.stages.train.build_trainer``) on the demo's
     stage-0 pairs: the median step time over ``steps`` after one warm-up step, tokens/s (prompt + chosen + rejected,
     padding excluded) and the fraction of the bf16 matmul peak measured in this process (useful FLOPs = 6 x
@@ -172,7 +173,7 @@ def bench_train(steps: int = 3, batch_size: int = 8, precision: str = "bf16_cpu"
     from harness.config import TrainConfig
     from harness.data import load_english_prefs
     from harness.models import format_prompt, resolve_model
-    from harness.stages.train import build_dpo_config, build_trainer
+    from harness.stages.train import build_dpo_config, build_trainer, cpu_lm_head
 
     torch.set_num_threads(available_cores())
     spec = resolve_model("smollm2-135m-instruct")
@@ -197,9 +198,12 @@ def bench_train(steps: int = 3, batch_size: int = 8, precision: str = "bf16_cpu"
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     n_params = sum(p.numel() for p in model.parameters())
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, cpu_lm_head(compact_head):
+        t0 = time.perf_counter()  # tokenization and the reference pass happen in the trainer's constructor
         trainer = build_trainer(model, tok, rows, tc, build_dpo_config(tc, Path(tmp), 0), 0, callbacks=[Clock()])
+        setup_s = time.perf_counter() - t0
         trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     step_s = statistics.median(times[1:])
     per_step = []
     for s in range(1, steps + 1):
@@ -211,11 +215,18 @@ def bench_train(steps: int = 3, batch_size: int = 8, precision: str = "bf16_cpu"
     achieved = 6 * n_params * tokens / step_s / 1e9
     return {"step_s": step_s, "min_s": min(times[1:]), "max_s": max(times[1:]), "tokens_per_step": tokens,
             "tokens_per_s": tokens / step_s, "gflops": achieved, "peak_gflops": peak, "fraction_of_peak": achieved / peak,
-            "warmup_s": times[0], "steps": steps}
+            "warmup_s": times[0], "steps": steps, "setup_s": setup_s, "losses": losses}
 
 
 def print_train(steps: int = 3) -> dict:
+    trl_own = bench_train(steps=steps, compact_head=False)
     r = bench_train(steps=steps)
+    console.print(f"train, TRL's own CPU LM head: median step {trl_own['step_s']:.2f} s (min {trl_own['min_s']:.2f}, "
+                  f"max {trl_own['max_s']:.2f}), setup with reference pass {trl_own['setup_s']:.1f} s, "
+                  f"{100 * trl_own['fraction_of_peak']:.1f}% of the bf16 peak")
+    console.print(f"train, harness (compact CPU LM head): {trl_own['step_s'] / r['step_s']:.2f}x faster steps, "
+                  f"setup {r['setup_s']:.1f} s; losses {['%.4f' % x for x in r['losses']]} vs TRL's own "
+                  f"{['%.4f' % x for x in trl_own['losses']]}")
     console.print(f"train (DPO + NLL, bf16 autocast, batch 8, SmolLM2-135M): median step {r['step_s']:.2f} s over "
                   f"{r['steps']} steps (min {r['min_s']:.2f}, max {r['max_s']:.2f}; warm-up step {r['warmup_s']:.2f} s), "
                   f"{r['tokens_per_step']:.0f} tokens/step = {r['tokens_per_s']:,.0f} tokens/s, "

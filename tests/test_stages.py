@@ -113,3 +113,42 @@ def test_dpo_config_fields_exist_in_installed_trl():
     check_dpo_kwargs(dpo_kwargs(cfg.train, __import__("pathlib").Path("/tmp"), 0))
     with pytest.raises(HarnessError, match="no field.*rpo_alpha"):
         check_dpo_kwargs({**dpo_kwargs(cfg.train, __import__("pathlib").Path("/tmp"), 0), "rpo_alpha": 1.0})
+
+
+@pytest.mark.model
+def test_compact_cpu_lm_head_gives_trls_log_probs_and_loss(tmp_path):
+    """harness.stages.train.cpu_lm_head (only labelled positions through TRL's fused head, smaller vocabulary tiles)
+    computes what TRL's own CPU path computes: the same reference log-probs and the same loss and gradient step."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from harness.config import TrainConfig
+    from harness.data import load_english_prefs
+    from harness.models import format_prompt, resolve_model
+    from harness.stages.train import build_dpo_config, build_trainer, cpu_lm_head
+
+    spec = resolve_model("smollm2-135m-instruct")
+    tok = AutoTokenizer.from_pretrained(spec.local_path())
+    pairs, _ = load_english_prefs("builtin:english_prefs", 8)
+    rows = [{"prompt": format_prompt(spec, tok, p.prompt), "chosen": p.chosen + tok.eos_token,
+             "rejected": p.rejected + tok.eos_token} for p in pairs]
+    tc = TrainConfig(batch_size=4, precision="bf16_cpu", max_length=128, extra={"max_steps": 1})
+    out = {}
+    for compact in (False, True):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(spec.local_path(), dtype=torch.float32)
+        with cpu_lm_head(compact):
+            trainer = build_trainer(model, tok, rows, tc, build_dpo_config(tc, tmp_path / str(compact), 0), 0)
+            trainer.train()
+        ds = trainer.train_dataset
+        (logged,) = [h for h in trainer.state.log_history if "loss" in h]
+        out[compact] = (torch.tensor(list(ds["ref_chosen_logps"]) + list(ds["ref_rejected_logps"])), logged["loss"],
+                        logged["grad_norm"])
+    (ref_a, loss_a, g_a), (ref_b, loss_b, g_b) = out[False], out[True]
+    import trl.trainer.utils as tu
+
+    assert tu._CHUNKED_LOGPROB_CHUNK_SIZE == 32768  # restored after the context
+    print(f"\nmax |ref logp diff| {float((ref_a - ref_b).abs().max()):.2e} nats; loss {loss_a:.6f} vs {loss_b:.6f}; "
+          f"grad norm {g_a:.5f} vs {g_b:.5f}")
+    assert torch.allclose(ref_a, ref_b, atol=2e-3, rtol=0)  # bf16 autocast: the GEMM's row count may change blocking
+    assert loss_a == pytest.approx(loss_b, abs=2e-3) and g_a == pytest.approx(g_b, rel=1e-2)

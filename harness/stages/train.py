@@ -19,6 +19,7 @@ import logging
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from harness.config import TrainConfig
@@ -192,6 +193,31 @@ def _load_rows(ctx: StageContext, tokenizer_eot: str, fmt) -> list[dict]:
              "rejected": r["rejected"] + tokenizer_eot} for r in rows]
 
 
+CPU_VOCAB_TILE = 8192
+
+
+@contextmanager
+def cpu_lm_head(enabled: bool = True):
+    """TRL 1.16's fused LM head on CPU, made to do only the work it keeps. TRL projects every position (prompt and
+    padding too) onto the whole vocabulary and zeroes the unlabelled ones afterwards unless the device runs Triton
+    (it keeps tile shapes fixed for compilers); eager CPU has no such constraint, so here the head takes TRL's own
+    compact path (only labelled positions: the same log-probs, since the others are zeroed either way) and tiles the
+    vocabulary by ``CPU_VOCAB_TILE`` instead of 32,768 (smaller temporaries; the same sums up to float rounding).
+    ``harness bench --train`` measures both; tests/test_stages.py checks the log-probs agree."""
+    if not enabled:
+        yield
+        return
+    import trl.trainer.utils as tu
+
+    use_triton, tile = tu._use_triton, tu._CHUNKED_LOGPROB_CHUNK_SIZE
+    tu._use_triton = lambda device: device.type == "cpu" or use_triton(device)
+    tu._CHUNKED_LOGPROB_CHUNK_SIZE = CPU_VOCAB_TILE
+    try:
+        yield
+    finally:
+        tu._use_triton, tu._CHUNKED_LOGPROB_CHUNK_SIZE = use_triton, tile
+
+
 def build_trainer(model, tok, rows: list[dict], tc: TrainConfig, args, seed: int, peft_config=None, callbacks=()):
     """The TRL trainer of these rows and settings (DPOTrainer, or KTOTrainer on the unpaired rows); the train stage
     and ``harness bench`` build it here, so the benchmark measures the stage's own step."""
@@ -256,13 +282,15 @@ def run(ctx: StageContext) -> dict:
         def on_train_end(self, a, state, control, **k):
             bar_holder["bar"].stop()
 
-    with phase("load"):  # the trainer tokenizes the dataset (and precomputes the reference log-probs) here
+    on_cpu = not torch.cuda.is_available()
+    with cpu_lm_head(on_cpu), phase("reference"):  # TRL's constructor tokenizes and precomputes the reference
         trainer = build_trainer(model, tok, rows, tc, args, ctx.cfg.seed, peft_config, callbacks=[RichBar()])
     resume = resume_checkpoint(ctx.out / "trainer") if tc.save_steps else None
     if resume is not None:
         log.info("iter %d train: resuming from %s", ctx.iteration, resume.name)
     t0 = time.time()
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    with cpu_lm_head(on_cpu):
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.time() - t0
     if not trainer.is_world_process_zero():
         return {}
@@ -281,6 +309,10 @@ def run(ctx: StageContext) -> dict:
                 sq += float((p.detach().float().cpu() - before[key]).pow(2).sum())
         change = sq ** 0.5
     hist = [h for h in trainer.state.log_history if "loss" in h]
+    if change == 0.0:  # e.g. one optimizer step inside the warm-up: its learning rate is 0
+        log.warning("iter %d train: the weights did not change (%d optimizer step(s), warmup_ratio %s, learning rates "
+                    "%s): too few pairs for this batch size and warm-up", ctx.iteration, trainer.state.global_step,
+                    tc.warmup_ratio, [h.get("learning_rate") for h in hist])
     metrics = {
         "pairs": len(rows), "steps": trainer.state.global_step, "train_seconds": seconds,
         "objective": tc.objective, "method": tc.method, "precision": tc.precision, "parameters": n_params,
