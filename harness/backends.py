@@ -374,7 +374,6 @@ def check_endpoint(url: str, model: str, timeout: float = 10.0, option: str = "-
 
 def load_backend(name: str, spec: ModelSpec, **options: Any) -> Backend:
     from harness.registry import get
-
     from harness.timing import phase
 
     cls = get("backends", name)

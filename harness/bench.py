@@ -167,24 +167,22 @@ def bench_train(steps: int = 3, batch_size: int = 8, precision: str = "bf16_cpu"
     from pathlib import Path
 
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, TrainerCallback
 
     from harness.backends import available_cores
     from harness.config import TrainConfig
     from harness.data import load_english_prefs
-    from harness.models import format_prompt, resolve_model
-    from harness.stages.train import build_dpo_config, build_trainer, cpu_lm_head
+    from harness.models import resolve_model
+    from harness.stages.train import build_dpo_config, build_trainer, cpu_lm_head, trainer_rows, training_tokenizer
 
     torch.set_num_threads(available_cores())
     spec = resolve_model("smollm2-135m-instruct")
     path = spec.local_path()
-    tok = AutoTokenizer.from_pretrained(path)
-    eot = spec.eot or tok.eos_token
-    tok.eos_token = eot
+    tok, eot = training_tokenizer(spec)
     pairs, _ = load_english_prefs("builtin:english_prefs", None)
     need = batch_size * (steps + 1)
-    rows = [{"prompt": format_prompt(spec, tok, p.prompt), "chosen": p.chosen + eot, "rejected": p.rejected + eot}
-            for p in (pairs * (need // len(pairs) + 1))[:need]]
+    rows = trainer_rows([{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}
+                         for p in (pairs * (need // len(pairs) + 1))[:need]], spec, tok, eot)
     tc = TrainConfig(batch_size=batch_size, precision=precision, max_length=max_length, learning_rate=1e-5,
                      extra={"max_steps": steps + 1})
     times: list[float] = []

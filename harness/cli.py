@@ -128,9 +128,8 @@ def _run_comparison(cfg, args: argparse.Namespace) -> int:
         return 0
     finished = [str(root / s.strategy) for s in subs if any((root / s.strategy).glob("iter_*/eval/_done.json"))]
     if cfg.eval.enabled and finished:
-        from harness.leaderboard.table import build
-
         from harness.leaderboard.report import write_report
+        from harness.leaderboard.table import build
 
         built = build(finished, root, "leaderboard", history=False, title=f"comparison {cfg.run_name}")
         console.print(built.files[1].read_text(encoding="utf-8"))
@@ -269,7 +268,6 @@ def _print_summary(pipe, tasks, seconds: float) -> None:
         c = rec.get("counts", {})
         secs = rec.get("seconds", 0)
         split = fmt_split(rec["time"]) if rec.get("time") else ""
-
         if t.stage == "sample":
             res = (f"{c.get('responses')} responses, {c.get('empty_responses')} empty, "
                    f"{c.get('truncated_responses')} truncated")

@@ -46,7 +46,6 @@ class Task:
     status: str = "run"  # run | skip | resume | rerun
     counts: dict = field(default_factory=dict)
     seconds: float = 0.0
-    split: dict = field(default_factory=dict)  # seconds per phase (harness.timing)
 
     @property
     def label(self) -> str:
@@ -290,12 +289,12 @@ class Pipeline:
             t0 = time.time()
             with stage_clock() as clock:
                 counts = self._run_stage(t, partial)
-                t.split = clock.split()  # load / compute / write (harness.timing)
+                split = clock.split()  # load / compute / write (harness.timing)
             t.seconds = time.time() - t0
             t.counts = counts
             atomic_write_json(partial / DONE, {
                 "stage": t.stage, "iteration": t.iteration, "hash": t.hash, "hash_version": HASH_VERSION,
-                "settings": t.settings, "counts": counts, "seconds": round(t.seconds, 2), "time": t.split,
+                "settings": t.settings, "counts": counts, "seconds": round(t.seconds, 2), "time": split,
                 "versions": package_versions(),
                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
             (partial / PARTIAL).unlink()

@@ -181,16 +181,33 @@ def resume_checkpoint(trainer_dir: Path) -> Path | None:
     return best
 
 
-def _load_rows(ctx: StageContext, tokenizer_eot: str, fmt) -> list[dict]:
+def _load_rows(ctx: StageContext) -> list[dict]:
     if ctx.iteration == 0:
         from harness.data import load_english_prefs
 
         pairs, _ = load_english_prefs(ctx.cfg.stage0.dataset, ctx.cfg.stage0.limit)
-        rows = [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs]
-    else:
-        rows = read_jsonl(ctx.upstream("pairs") / "pairs.jsonl")
-    return [{"prompt": fmt(r["prompt"]), "chosen": r["chosen"] + tokenizer_eot,
-             "rejected": r["rejected"] + tokenizer_eot} for r in rows]
+        return [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs]
+    return read_jsonl(ctx.upstream("pairs") / "pairs.jsonl")
+
+
+def training_tokenizer(spec):
+    """(tokenizer, end-of-turn) of the model trained: its eos_token is set to the end-of-turn, since TRL appends
+    eos_token to completions that do not end with it."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(spec.local_path(), trust_remote_code=spec.trust_remote_code)
+    eot = spec.eot or tok.eos_token
+    if tok.eos_token != eot:
+        tok.eos_token = eot
+    return tok, eot
+
+
+def trainer_rows(rows: list[dict], spec, tok, eot: str) -> list[dict]:
+    """Pairs as the trainer reads them: the chat-formatted prompt; chosen and rejected ending with the end-of-turn."""
+    from harness.models import format_prompt
+
+    return [{"prompt": format_prompt(spec, tok, r["prompt"]), "chosen": r["chosen"] + eot,
+             "rejected": r["rejected"] + eot} for r in rows]
 
 
 CPU_VOCAB_TILE = 8192
@@ -235,10 +252,9 @@ def build_trainer(model, tok, rows: list[dict], tc: TrainConfig, args, seed: int
 def run(ctx: StageContext) -> dict:
     import torch
     from rich.progress import Progress
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, TrainerCallback
 
     from harness.backends import available_cores
-    from harness.models import format_prompt
     from harness.timing import phase
     from harness.ui import progress
 
@@ -246,12 +262,8 @@ def run(ctx: StageContext) -> dict:
     torch.set_num_threads(ctx.cfg.backend.threads or available_cores())
     spec = ctx.policy
     path = spec.local_path()
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=spec.trust_remote_code)
-    eot = spec.eot or tok.eos_token
-    if tok.eos_token != eot:  # TRL appends eos_token to completions that do not end with it
-        tok.eos_token = eot
-
-    rows = _load_rows(ctx, eot, lambda instruction: format_prompt(spec, tok, instruction))
+    tok, eot = training_tokenizer(spec)
+    rows = trainer_rows(_load_rows(ctx), spec, tok, eot)
     if not rows:
         raise HarnessError("no training pairs")
     dtype = torch.bfloat16 if tc.precision == "bf16" else torch.float32

@@ -79,6 +79,9 @@ class SelfRewarding(CrossLingual):
         if not (isinstance(o["judge_temperature"], (int, float)) and o["judge_temperature"] >= 0):
             raise HarnessError(f"strategy_options.judge_temperature must be >= 0; got {o['judge_temperature']!r}",
                                key="strategy_options.judge_temperature")
+        if o["judge_backend"] is not None and o["judge_base_url"] is not None:
+            raise HarnessError("strategy_options.judge_backend is for a local judge; an endpoint judge "
+                               "(judge_base_url) is served by its server", key="strategy_options.judge_backend")
         if o["judge_base_url"] is not None:
             if o["judge"] is None:
                 raise HarnessError("strategy_options.judge_base_url needs strategy_options.judge: the model name the "
@@ -89,9 +92,6 @@ class SelfRewarding(CrossLingual):
         if o["judge_backend"] is not None:
             from harness.registry import get
 
-            if o["judge_base_url"] is not None:
-                raise HarnessError("strategy_options.judge_backend is for a local judge; an endpoint judge "
-                                   "(judge_base_url) is served by its server", key="strategy_options.judge_backend")
             try:
                 get("backends", str(o["judge_backend"]))
             except HarnessError as e:
@@ -120,10 +120,10 @@ class SelfRewarding(CrossLingual):
     def stage_settings(self, stage: str, plan: StagePlan) -> dict:
         if stage == "judge":
             o = self.options(plan.cfg)
-            if o["judge"] is None:
-                judge, backend = plan.policy, o["judge_backend"] or plan.cfg.backend.sample
+            backend, spec = self.judge_model(plan.cfg, None)  # spec: None when the policy judges
+            if spec is None:
+                judge = plan.policy  # the policy's identity, as the other stages hash it
             else:
-                backend, spec = self.judge_model(plan.cfg, None)
                 judge = spec.identity() if spec.source != "endpoint" else {"endpoint": spec.path, "model": spec.name}
             return {**plan.previous(stage, self.stages), "judge": judge, "prompt": JUDGE_PROMPT,
                     **{k: v for k, v in o.items() if k not in ("judge", "judge_base_url", "judge_backend")},
