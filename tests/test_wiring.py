@@ -422,14 +422,16 @@ def test_lidr_decoding_arrives(recording_backend, perturbed_policy, tmp_path):
 @pytest.mark.model
 def test_self_rewarding_judge_settings_arrive(recording_backend, perturbed_policy, tmp_path):
     """strategy_options.judge_samples / judge_max_tokens / judge_temperature / judge_top_p reach the judge's
-    model.generate, with per-response seeds; the judge is the policy unless strategy_options.judge says otherwise."""
+    model.generate, with per-response seeds; the judge is the policy unless strategy_options.judge says otherwise,
+    and runs on strategy_options.judge_backend (here the recording one; the sampling stays on transformers)."""
     from harness.backends import derive_seed
     from harness.io import read_jsonl
 
-    opts = {"judge_samples": 2, "judge_max_tokens": 5, "judge_temperature": 0.4, "judge_top_p": 0.6}
+    opts = {"judge_samples": 2, "judge_max_tokens": 5, "judge_temperature": 0.4, "judge_top_p": 0.6,
+            "judge_backend": "recording"}
     pipe = _strategy_stages("self_rewarding", ("sample", "judge"), perturbed_policy, tmp_path, "sample.n=2",
-                            "strategy_options=" + json.dumps(opts))
-    judge_calls = [c for c in CALLS if c[0] == "generate"][1:]  # the first is the sampling
+                            "backend.sample=transformers", "strategy_options=" + json.dumps(opts))
+    judge_calls = [c for c in CALLS if c[0] == "generate"]  # only the judge ran on the recording backend
     assert len(judge_calls) == 1
     g = judge_calls[0][2]
     assert (g["n"], g["temperature"], g["top_p"], g["max_tokens"]) == (2, 0.4, 0.6, 5)
@@ -437,7 +439,7 @@ def test_self_rewarding_judge_settings_arrive(recording_backend, perturbed_polic
     assert (k["do_sample"], k["num_return_sequences"], k["temperature"], k["top_p"], k["max_new_tokens"]) == \
         (True, 2, 0.4, 0.6, 5)
     inits = [c[1] for c in CALLS if c[0] == "init"]
-    assert inits == [pipe.model(0).name] * 2  # sampler and judge: the policy pi_0
+    assert inits == [pipe.model(0).name]  # the judge, on judge_backend: the policy pi_0
     rows = read_jsonl(pipe.layout.root / "iter_1" / "sample" / "responses.jsonl")
     assert g["seeds"] == [derive_seed(13, 1, "judge", r["lang"], r["id"], i) for r in rows
                           for i in range(len(r["responses"]))]
