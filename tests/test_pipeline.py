@@ -1,6 +1,7 @@
 """The loop end to end on the real SmolLM2 model: artifacts, skip/resume, SIGKILL mid-stage, changed settings."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,7 +32,8 @@ def finished_run(tmp_path_factory):
     cfg.write_text(TINY.format(extra=""))
     r = run_cli("run", str(cfg), "--runs-dir", str(root))
     assert r.returncode == 0, r.stderr[-3000:]
-    return cfg, root, root / "tiny", r
+    yield cfg, root, root / "tiny", r
+    shutil.rmtree(root, ignore_errors=True)  # two saved models: freed when the module is done, not at session end
 
 
 def test_artifact_contract(finished_run):
@@ -154,7 +156,6 @@ def test_translate_en_lora_and_previous_reference(tiny_config, tmp_path):
 def test_interrupted_forced_stage_keeps_the_previous_result(finished_run, tmp_path):
     """--force 1:reward, killed mid-stage: the finished reward (and what follows) stays as it was; a rerun resumes the
     forced stage and swaps it in only when complete."""
-    import shutil
 
     cfg, _, ref_run, _ = finished_run
     root = tmp_path / "forced"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -206,7 +207,8 @@ def perturbed_policy(tmp_path_factory, smollm2):
         model.model.norm.weight.mul_(1.1)
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(smollm2).save_pretrained(out)
-    return out
+    yield out
+    shutil.rmtree(out.parent, ignore_errors=True)  # 540 MB: freed when the module is done, not at session end
 
 
 TOP = {"sample": {"n": 3, "temperature": 0.7, "top_p": 0.8, "max_tokens": 6, "chunk": 2},
