@@ -1,4 +1,4 @@
-"""``harness bench``: sampling and scoring throughput per backend on the demo model, in one process.
+"""``harness bench``: sampling, scoring and training throughput on the demo model, in one process.
 
 Scoring is compared with a plain reference implementation on the same inputs (the authors' approach: batches of
 3 in file order, right padding, full vocabulary log_softmax, then gather), and the backends' summed log-probs are
@@ -52,7 +52,59 @@ def reference_score(be, prompts: list[str], responses: list[str], batch: int = 3
     return out
 
 
-def run_bench(backends: list[str], n_prompts: int = 16, max_tokens: int = 64, n: int = 4) -> dict:
+def float64_sums(be, prompts: list[str], responses: list[str]) -> list[float]:
+    """Summed response log-probs from a float64 copy of the backend's model, one sequence at a time: the yardstick
+    for the fp32 scorers' rounding."""
+    import copy
+
+    import torch
+
+    model = copy.deepcopy(be.model).double()
+    out = []
+    for p, r in zip(prompts, responses):
+        ids, plen = be.score_ids(p, r)
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([ids])).logits[0], dim=-1)
+        out.append(float(logp[plen - 1:len(ids) - 1].gather(1, torch.tensor(ids[plen:])[:, None]).sum()))
+    del model
+    return out
+
+
+def _spread(times: list[float]) -> str:
+    """(max - min) / median of the repeats, as a percentage."""
+    import statistics
+
+    med = statistics.median(times)
+    return f"{100 * (max(times) - min(times)) / med:.0f}%" if len(times) > 1 and med > 0 else "-"
+
+
+def uneven_responses(prompts: list[str], samples: list[list[str]], long_tokens: int, tok) -> tuple[list, list]:
+    """The scoring workload: every sample as it came (short, shared prompts), plus per prompt one long response (its
+    samples joined and repeated up to about ``long_tokens`` tokens) so that lengths are uneven as in real runs (the
+    paper's responses reach 2,400 tokens)."""
+    ps, rs = [], []
+    for p, group in zip(prompts, samples):
+        for r in group:
+            ps.append(p)
+            rs.append(r)
+        joined = " ".join(x for x in group if x) or "ok"
+        text, n = joined, len(tok(joined, add_special_tokens=False)["input_ids"])
+        while n < long_tokens:
+            text += "\n\n" + joined
+            n = len(tok(text, add_special_tokens=False)["input_ids"])
+        ps.append(p)
+        rs.append(text)
+    return ps, rs
+
+
+def run_bench(backends: list[str], n_prompts: int = 16, max_tokens: int = 64, n: int = 4, repeats: int = 3,
+              long_tokens: int = 768, train: bool = True, n_float64: int = 8) -> dict:
+    """One table: per backend, sampling and scoring tokens/s (median of ``repeats``, with the spread), scoring against
+    the authors' scorer on the same inputs and as a share of the fp32 matmul peak measured in this process, and
+    (``train``) a DPO + NLL step of the train stage against the bf16 peak. Every scorer's sums are compared with
+    a float64 forward on the ``n_float64`` longest sequences."""
+    import statistics
+
     from rich.table import Table
 
     from harness.backends import load_backend
@@ -60,53 +112,90 @@ def run_bench(backends: list[str], n_prompts: int = 16, max_tokens: int = 64, n:
 
     spec = resolve_model("smollm2-135m-instruct")
     questions = _prompts(n_prompts)
-    results: dict = {}
+    rows: list[tuple] = []  # (what, tokens/s, vs reference, share of peak, spread, detail)
     prompts = responses = None
     sums: dict[str, list[float]] = {}
+    n_params = None
+    peak32 = matmul_peak("float32")
+
+    def timed(fn, reps):
+        out, times = None, []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            out = fn()
+            times.append(time.perf_counter() - t0)
+        return out, times
+
+    ref_tps = None
     for name in backends:
         console.print(f"[bold]{name}[/bold]: loading ...")
+        t0 = time.perf_counter()
         be = load_backend(name, spec, dtype="float32")
+        load_s = time.perf_counter() - t0
         try:
+            if n_params is None and hasattr(be, "model"):
+                n_params = sum(p.numel() for p in be.model.parameters())
             fmt = [be.format_prompt(q) for q in questions]
-            t0 = time.perf_counter()
-            gens = be.generate(fmt, n=n, temperature=0.9, top_p=1.0, max_tokens=max_tokens,
-                               seeds=list(range(len(fmt))))
-            dt = time.perf_counter() - t0
+            gens, times = timed(lambda: be.generate(fmt, n=n, temperature=0.9, top_p=1.0, max_tokens=max_tokens,
+                                                    seeds=list(range(len(fmt)))), repeats)
             gen_tokens = sum(c.n_tokens for g in gens for c in g)
-            results[f"{name} sampling"] = (gen_tokens / dt, f"{gen_tokens} new tokens in {dt:.1f} s "
-                                           f"({len(fmt)} prompts x n={n})")
-            if prompts is None:  # score the first backend's samples with every backend
-                prompts = [p for p, g in zip(fmt, gens) for _ in g]
-                responses = [c.text for g in gens for c in g]
-            n_tok = sum(len(be.score_ids(p, r)[0]) for p, r in zip(prompts, responses))
-            t0 = time.perf_counter()
-            sums[name] = [sum(x) for x in be.score(prompts, responses)]
-            dt = time.perf_counter() - t0
-            results[f"{name} scoring"] = (n_tok / dt, f"{len(prompts)} sequences, {n_tok} tokens in {dt:.1f} s")
+            med = statistics.median(times)
+            rows.append((f"{name} sampling", gen_tokens / med, None, None, _spread(times),
+                         f"{len(fmt)} prompts x n={n}, {gen_tokens} new tokens, median {med:.1f} s; "
+                         f"engine load {load_s:.1f} s"))
+            if prompts is None:  # score the first backend's samples (and long responses) with every backend
+                prompts, responses = uneven_responses(fmt, [[c.text for c in g] for g in gens], long_tokens,
+                                                      be.tokenizer)
+            lengths = [len(be.score_ids(p, r)[0]) for p, r in zip(prompts, responses)]
+            n_tok = sum(lengths)
+            detail = f"{len(prompts)} sequences of {min(lengths)}-{max(lengths)} tokens, {n_tok} in all"
+            out, times = timed(lambda: be.score(prompts, responses), repeats)
+            sums[name] = [sum(x) for x in out]
+            rows.append((f"{name} scoring", n_tok / statistics.median(times), "x", "x", _spread(times), detail))
             if name == "transformers":
-                t0 = time.perf_counter()
-                sums["reference"] = reference_score(be, prompts, responses)
-                dt = time.perf_counter() - t0
-                results["reference scoring (batch 3, full log_softmax)"] = (n_tok / dt, f"{dt:.1f} s")
+                out, times = timed(lambda: reference_score(be, prompts, responses), repeats)
+                sums["reference"] = out
+                ref_tps = n_tok / statistics.median(times)
+                rows.append(("reference scoring (batch 3, full log_softmax)", ref_tps, "x", "x", _spread(times),
+                             "the authors' approach on the same sequences"))
+                longest = sorted(range(len(prompts)), key=lambda i: -lengths[i])[:n_float64]
+                f64 = dict(zip(longest, float64_sums(be, [prompts[i] for i in longest],
+                                                     [responses[i] for i in longest])))
         finally:
             be.close()
-    table = Table(title="harness bench: SmolLM2-135M-Instruct, fp32")
-    table.add_column("what")
-    table.add_column("tokens/s", justify="right")
-    table.add_column("vs reference scoring", justify="right")
-    table.add_column("detail")
-    ref = results.get("reference scoring (batch 3, full log_softmax)", (None,))[0]
-    for k, (tps, detail) in results.items():
-        ratio = f"{tps / ref:.2f}x" if ref and "scoring" in k else ""
-        table.add_row(k, f"{tps:,.0f}", ratio, detail)
+    train_row = None
+    if train:
+        console.print("[bold]train[/bold]: DPO + NLL steps of the train stage ...")
+        r = bench_train(steps=repeats)
+        train_row = r
+        rows.append(("train step (DPO + NLL, bf16 autocast, batch 8)", r["tokens_per_s"], None,
+                     f"{100 * r['fraction_of_peak']:.1f}% of bf16 ({r['peak_gflops']:,.0f} GFLOP/s)",
+                     _spread(r["times"]), f"{r['tokens_per_step']:.0f} tokens/step, median step {r['step_s']:.2f} s"))
+    table = Table(title=f"harness bench: SmolLM2-135M-Instruct, fp32 unless said; median of {repeats} repeats")
+    for col, justify in (("what", "left"), ("tokens/s", "right"), ("vs reference scoring", "right"),
+                         ("share of peak", "right"), ("spread", "right"), ("detail", "left")):
+        table.add_column(col, justify=justify)
+    for what, tps, vs, share, spread, detail in rows:
+        if vs == "x":
+            vs = f"{tps / ref_tps:.2f}x" if ref_tps else ""
+        if share == "x":
+            share = (f"{100 * tps * 2 * n_params / 1e9 / peak32:.0f}% of fp32 ({peak32:,.0f} GFLOP/s)"
+                     if n_params else "")
+        table.add_row(what, f"{tps:,.0f}", vs or "", share or "", spread, detail)
     console.print(table)
+    console.print("share of peak: tokens/s x FLOPs per token (2 x parameters forward; 6 x for a training step) / the "
+                  "matmul peak measured in this run; scoring counts every prompt token, also those a shared prompt "
+                  "did not recompute. spread: (max - min) / median over the repeats.")
+    agreement = {}
     if "reference" in sums:
+        longest_n = max(lengths[i] for i in f64)
         for name in sums:
-            if name != "reference":
-                diffs = [abs(a - b) for a, b in zip(sums[name], sums["reference"])]
-                console.print(f"agreement {name} vs reference: max |diff| {max(diffs):.2e} nats per sequence, "
-                              f"mean {sum(diffs) / len(diffs):.2e}")
-    return {"throughput": {k: v[0] for k, v in results.items()}, "sums": sums}
+            diffs = [abs(sums[name][i] - v) for i, v in f64.items()]
+            agreement[name] = max(diffs)
+            who = "the authors' scorer" if name == "reference" else name
+            console.print(f"agreement with float64, {who}: max |diff| {max(diffs):.2e} nats per sequence "
+                          f"(the {len(f64)} longest sequences, up to {longest_n} tokens)")
+    return {"rows": rows, "sums": sums, "peak_fp32": peak32, "train": train_row, "agreement_float64": agreement}
 
 
 def bench_compare(n_langs: int = 5, n: int = 805, n_boot: int = 2000, repeats: int = 3) -> dict:
@@ -211,7 +300,8 @@ def bench_train(steps: int = 3, batch_size: int = 8, precision: str = "bf16_cpu"
     tokens = statistics.mean(per_step)
     peak = matmul_peak("bfloat16" if precision.startswith("bf16") else "float32")
     achieved = 6 * n_params * tokens / step_s / 1e9
-    return {"step_s": step_s, "min_s": min(times[1:]), "max_s": max(times[1:]), "tokens_per_step": tokens,
+    return {"step_s": step_s, "min_s": min(times[1:]), "max_s": max(times[1:]), "times": times[1:],
+            "tokens_per_step": tokens,
             "tokens_per_s": tokens / step_s, "gflops": achieved, "peak_gflops": peak, "fraction_of_peak": achieved / peak,
             "warmup_s": times[0], "steps": steps, "setup_s": setup_s, "losses": losses}
 

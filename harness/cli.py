@@ -470,7 +470,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from harness.bench import run_bench
     from harness.registry import REGISTRY
 
-    for flag, v in (("--prompts", args.prompts), ("--max-tokens", args.max_tokens)):
+    for flag, v in (("--prompts", args.prompts), ("--max-tokens", args.max_tokens), ("--repeats", args.repeats)):
         if v < 1:
             raise HarnessError(f"{flag} must be >= 1, got {v}")
     for name in args.backends:
@@ -486,9 +486,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     elif args.train:
         from harness.bench import print_train
 
-        print_train()
+        print_train(steps=args.repeats)
     else:
-        run_bench(args.backends, n_prompts=args.prompts, max_tokens=args.max_tokens)
+        run_bench(args.backends, n_prompts=args.prompts, max_tokens=args.max_tokens, repeats=args.repeats,
+                  train=not args.no_train)
     from harness.ui import console
 
     console.print("bench: nothing was written")
@@ -564,10 +565,13 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("kind", nargs="?", choices=["models", "languages", "strategies", "judges", "backends", "presets"])
     ls.add_argument("--debug", action="store_true")
     ls.set_defaults(fn=cmd_ls)
-    b = sub.add_parser("bench", help="sampling and scoring throughput per backend on the demo model")
+    b = sub.add_parser("bench", help="sampling, scoring and training throughput on the demo model, against the "
+                                     "authors' scorer and the machine's measured matmul peak")
     b.add_argument("--backends", nargs="+", default=["transformers", "vllm"])
     b.add_argument("--prompts", type=int, default=16)
     b.add_argument("--max-tokens", type=int, default=64)
+    b.add_argument("--repeats", type=int, default=3, help="timed repeats per row (the median and spread are shown)")
+    b.add_argument("--no-train", action="store_true", help="leave out the training row")
     b.add_argument("--debug", action="store_true")
     b.add_argument("--compare", action="store_true",
                    help="instead: time harness compare on 2 models x 5 languages x 805 instructions (no model)")

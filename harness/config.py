@@ -66,6 +66,9 @@ class SampleConfig:
     max_tokens: int = 64
     chunk: int = 8
     """Prompts per resumable unit."""
+    dtype: str | None = None
+    """Sampling precision (None: the model's own, float32 for the demo model). bfloat16 samples as vLLM does on
+    GPUs; it is 2-3x faster on CPUs with AMX. Rewards are scored in ``reward.dtype`` whatever this is."""
 
 
 @dataclass
@@ -170,6 +173,8 @@ class EvalConfig:
     seed: int = 42
     backend: str | None = None
     """Generation backend (default: backend.sample)."""
+    dtype: str | None = None
+    """Generation precision (None: the model's own). The local judges score in float32 whatever this is."""
     chunk: int = 8
     judge: str = "local_logprob"
     judge_model: str | None = None
@@ -306,6 +311,7 @@ RULES = [
     ("sample.top_p", _in_range(0, 1, lo_open=True)),
     ("sample.max_tokens", _in_range(1)),
     ("sample.chunk", _in_range(1)),
+    ("sample.dtype", _one_of(*DTYPES, optional=True)),
     ("reward.reference", _one_of("pi_ref", "previous")),
     ("reward.logprob_mode", _one_of("standard", "code_exact")),
     ("reward.round_decimals", _in_range(0, optional=True)),
@@ -321,6 +327,7 @@ RULES = [
     ("eval.top_p", _in_range(0, 1, lo_open=True)),
     ("eval.max_tokens", _in_range(1)),
     ("eval.chunk", _in_range(1)),
+    ("eval.dtype", _one_of(*DTYPES, optional=True)),
     ("eval.judge_concurrency", _in_range(1)),
     ("eval.lc_source", _one_of("official", "estimated", "minimal")),
 ]

@@ -118,8 +118,11 @@ def generate_outputs(spec: ModelSpec, label: str, out: Path, cfg: RunConfig, lan
     """model_outputs.json per language for ``spec``; cached by a hash of the model and the decoding settings."""
     ec = cfg.eval
     ids = eval_subset(ec.limit)
-    key = stable_hash({"model": spec.identity(), "decode": [ec.temperature, ec.top_p, ec.max_tokens, ec.seed],
-                       "ids": ids, "backend": ec.backend or cfg.backend.sample})
+    key = {"model": spec.identity(), "decode": [ec.temperature, ec.top_p, ec.max_tokens, ec.seed], "ids": ids,
+           "backend": ec.backend or cfg.backend.sample}
+    if ec.dtype is not None:  # absent: the model's own dtype (outputs cached before the setting existed stay valid)
+        key["dtype"] = ec.dtype
+    key = stable_hash(key)
     paths, todo = {}, []
     for lang in langs:
         p = out / lang / file_name
@@ -131,7 +134,7 @@ def generate_outputs(spec: ModelSpec, label: str, out: Path, cfg: RunConfig, lan
         return paths
     wanted = set(ids)
     data = {lang: [r for r in load_xalpaca_instructions(lang, cfg.data_dir) if r["id"] in wanted] for lang in todo}
-    with load_backend(ec.backend or cfg.backend.sample, spec, threads=cfg.backend.threads,
+    with load_backend(ec.backend or cfg.backend.sample, spec, threads=cfg.backend.threads, dtype=ec.dtype,
                       **cfg.backend.options) as be, progress() as bar:
         for lang in todo:
             task = bar.add_task(f"eval {label} {lang}: generate", total=len(data[lang]))

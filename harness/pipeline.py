@@ -156,7 +156,8 @@ class Pipeline:
             ident = judge.identity()
             if isinstance(judge, LocalLogprobJudge):  # the weights behind a local judge, not just a name
                 ident["model"] = resolve_model(judge.model, where="eval.judge_model").identity()
-            settings = {**to_dict(ec), "chunk": None, "judge_concurrency": None,
+            settings = {**{k: v for k, v in to_dict(ec).items() if not (k == "dtype" and v is None)},  # hashes stay
+                        "chunk": None, "judge_concurrency": None,
                         "languages": ec.languages or cfg.languages, "ids": eval_subset(ec.limit),
                         "backend": ec.backend or cfg.backend.sample, "judge_identity": ident}
             for k in [REF, *range(cfg.iterations + 1)]:

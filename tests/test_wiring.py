@@ -211,11 +211,11 @@ def perturbed_policy(tmp_path_factory, smollm2):
     shutil.rmtree(out.parent, ignore_errors=True)  # 540 MB: freed when the module is done, not at session end
 
 
-TOP = {"sample": {"n": 3, "temperature": 0.7, "top_p": 0.8, "max_tokens": 6, "chunk": 2},
+TOP = {"sample": {"n": 3, "temperature": 0.7, "top_p": 0.8, "max_tokens": 6, "chunk": 2, "dtype": "bfloat16"},
        "reward": {"logprob_mode": "code_exact", "round_decimals": 2, "beta": 0.5, "dtype": "bfloat16", "chunk": 2},
        "pairs": {"length_unit": "tokens", "drop_degenerate": True, "alpha_step": 0.05, "alpha_max": 0.5,
                  "upper_bound": 1.5, "length_control": True}}
-PER_ITER = {"sample": {"n": 2, "temperature": 1.3, "top_p": 0.95, "max_tokens": 5},
+PER_ITER = {"sample": {"n": 2, "temperature": 1.3, "top_p": 0.95, "max_tokens": 5, "dtype": "float32"},
             "reward": {"logprob_mode": "standard", "round_decimals": 3, "beta": 2.0, "dtype": "float32"},
             "pairs": {"length_unit": "chars", "drop_degenerate": False, "alpha_step": 0.1, "upper_bound": -2.0,
                       "length_control": False}}
@@ -275,6 +275,9 @@ def test_sample_reward_pairs_settings_arrive(per_iteration, recording_backend, p
     assert [seed for g in gens for seed in g["seeds"]] == expected_seeds
     assert all(len(row["responses"]) == s["n"] for row in rows)
     assert all(x["n_tokens"] <= s["max_tokens"] for row in rows for x in row["responses"])
+    # the sampler's precision: what the backend was asked for and the weights it runs in
+    assert [c[2]["dtype"] for c in CALLS if c[0] == "init"][0] == s["dtype"]
+    assert [c[2] for c in CALLS if c[0] == "loaded"][0] == s["dtype"]
 
     # reward: the scoring dtype reaches the backend; logprob_mode, rounding and beta reach every reward
     inits = [c[2] for c in CALLS if c[0] == "init"]
@@ -340,8 +343,9 @@ def test_eval_decoding_settings_arrive(recording_backend, tmp_path):
 
     cfg, _ = load_config(None, ["languages=[en,de]", "eval.enabled=true", "eval.limit=2", "eval.temperature=0.3",
                                 "eval.top_p=0.7", "eval.max_tokens=5", "eval.seed=5", "eval.backend=recording",
-                                "eval.chunk=1"])
+                                "eval.chunk=1", "eval.dtype=bfloat16"])
     paths = generate_outputs(resolve_model("smollm2-135m-instruct"), "pi_ref", tmp_path, cfg, ["en", "de"])
+    assert [c[2] for c in CALLS if c[0] == "loaded"] == ["bfloat16"]  # eval.dtype: the generator's weights
     gens = [c[2] for c in CALLS if c[0] == "generate"]
     assert len(gens) == 4 and all((g["n"], g["temperature"], g["top_p"], g["max_tokens"]) == (1, 0.3, 0.7, 5)
                                   for g in gens)
@@ -355,6 +359,7 @@ def test_eval_decoding_settings_arrive(recording_backend, tmp_path):
 # -- what each stage's hash covers ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("section,key,value,first", [
     ("prompts", "limit", 3, "sample"), ("sample", "temperature", 0.5, "sample"), ("sample", "max_tokens", 9, "sample"),
+    ("sample", "dtype", "bfloat16", "sample"),
     ("backend", "options", {"max_model_len": 512}, "sample"), ("reward", "beta", 0.5, "reward"),
     ("reward", "logprob_mode", "code_exact", "reward"), ("reward", "dtype", "bfloat16", "reward"),
     ("pairs", "alpha_step", 0.01, "pairs"), ("pairs", "length_unit", "tokens", "pairs"),
@@ -384,6 +389,28 @@ def test_each_stage_hash_covers_what_it_uses(section, key, value, first, how):
             continue
         after = retrains_pi0 or k > changed_from or (k == changed_from and order.index(stage) >= order.index(first))
         assert (b[(k, stage)] != h) == after, f"iter_{k}/{stage}: changed={b[(k, stage)] != h}, expected {after}"
+
+
+def test_generation_dtypes_change_their_stages_only_when_set():
+    """sample.dtype and eval.dtype: set, they rerun sampling (and what follows) and the evaluations; unset (the
+    model's own dtype), the hashes are those of a config without the setting, so runs made before it existed are
+    not redone."""
+    from harness.pipeline import Pipeline
+
+    def plan(*extra):
+        cfg, _ = load_config(None, ["iterations=1", "prompts.limit=2", "languages=[en,es]", "eval.enabled=true",
+                                    "eval.limit=2", *extra])
+        tasks = Pipeline(cfg, Path("/nonexistent")).plan()
+        return {(t.iteration, t.stage): t.hash for t in tasks}, {(t.iteration, t.stage): t for t in tasks}
+
+    base, tasks = plan()
+    assert "dtype" not in tasks[(1, "sample")].settings["sample"]
+    assert "dtype" not in tasks[(1, "eval")].settings["eval"]
+    sampled, _ = plan("sample.dtype=bfloat16")
+    assert {k for k in base if base[k] != sampled[k]} == {(1, "sample"), (1, "reward"), (1, "pairs"), (1, "train"),
+                                                          (1, "eval")}
+    evaluated, _ = plan("eval.dtype=bfloat16")
+    assert {k[1] for k in base if base[k] != evaluated[k]} == {"eval"}
 
 
 # -- the strategies' own decoding settings -------------------------------------------------------------------------

@@ -33,7 +33,8 @@ def sample_responses(ctx: StageContext, *, n: int, temperature: float, top_p: fl
     work = [(lang, p) for lang in languages for p in prompts.by_lang[lang]]
     todo = out.pending_chunks([(lang, p.id) for lang, p in work], cfg.sample.chunk, lambda r: (r["lang"], r["id"]))
     if todo:
-        with load_backend(cfg.backend.sample, ctx.policy, threads=cfg.backend.threads, **cfg.backend.options) as be, \
+        with load_backend(cfg.backend.sample, ctx.policy, threads=cfg.backend.threads, dtype=cfg.sample.dtype,
+                          **cfg.backend.options) as be, \
                 progress() as bar:
             task = bar.add_task(f"iter {ctx.iteration} sample", total=len(work),
                                 completed=len(work) - sum(map(len, todo)))

@@ -127,8 +127,11 @@ class Strategy:
 
         ck, up = plan.cfg, plan.previous(stage, self.stages)
         if stage == "sample":
+            sample = to_dict(ck.sample)
+            if sample["dtype"] is None:  # the model's own dtype, as before the setting existed: hashes stay
+                del sample["dtype"]
             return {**up, "model": plan.policy, "prompts": plan.prompts(), "prompts_cfg": to_dict(ck.prompts),
-                    "languages": self.sample_languages(ck.languages), "sample": to_dict(ck.sample),
+                    "languages": self.sample_languages(ck.languages), "sample": sample,
                     "backend": ck.backend.sample, "backend_options": ck.backend.options, "seed": ck.seed}
         if stage == "reward":
             return {**up, "policy": plan.policy, "reference": plan.reference, "strategy": ck.strategy,
