@@ -186,8 +186,20 @@ class TransformersBackend(Backend):
         by_prompt: dict[tuple, list[int]] = {}
         for i, (ids, plen) in enumerate(seqs):
             by_prompt.setdefault(tuple(ids[:plen]), []).append(i)
-        shared = [g for p, g in by_prompt.items() if len(g) > 1 and len(p) > 1]
-        single = sorted(i for p, g in by_prompt.items() if not (len(g) > 1 and len(p) > 1) for i in g)
+        shared, single = [], []
+        for prompt, group in by_prompt.items():
+            # responses of similar length share a prompt pass; an outlier (one long answer among short ones) is
+            # scored whole rather than padding the others to its length
+            group.sort(key=lambda i: len(seqs[i][0]))
+            runs = [[group[0]]]
+            for i in group[1:]:
+                first = len(seqs[runs[-1][0]][0]) - len(prompt)
+                if len(seqs[i][0]) - len(prompt) <= 1.25 * first + 16:
+                    runs[-1].append(i)
+                else:
+                    runs.append([i])
+            for run in runs:
+                (shared.append(run) if len(run) > 1 and len(prompt) > 1 else single.extend(run))
         results: list[list[float] | None] = [None] * len(seqs)
         self._score_shared(seqs, shared, results)
         self._score_packed(seqs, single, results)

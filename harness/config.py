@@ -110,10 +110,26 @@ class LoraConfig:
     target_modules: Any = "all-linear"
 
 
+ACCELERATE_CONFIGS = Path(__file__).parent / "presets" / "accelerate"
+
+
+def accelerate_config_names() -> list[str]:
+    """The accelerate configs shipped with harness (train.accelerate.config_file: NAME)."""
+    return sorted(p.stem for p in ACCELERATE_CONFIGS.glob("*.yaml"))
+
+
+def accelerate_config_path(value: str) -> Path:
+    """A shipped accelerate config by name (ddp, fsdp, zero3), else the file ``value`` names."""
+    if value in accelerate_config_names():
+        return ACCELERATE_CONFIGS / f"{value}.yaml"
+    return Path(value).expanduser()
+
+
 @dataclass
 class AccelerateConfig:
     config_file: str | None = None
-    """accelerate config (DeepSpeed/FSDP) passed to `accelerate launch --config_file`."""
+    """accelerate config passed to `accelerate launch --config_file`: a shipped one by name (ddp, fsdp, zero3:
+    harness/presets/accelerate/) or a file."""
     num_processes: int = 1
     """>1 launches the train stage through `accelerate launch`."""
     extra_args: list = field(default_factory=list)
@@ -350,6 +366,8 @@ TRAIN_RULES = [
     ("lora.alpha", _in_range(0, lo_open=True)),
     ("lora.dropout", _in_range(0, 1)),
     ("accelerate.num_processes", _in_range(1)),
+    ("accelerate.config_file", (lambda v: v is None or accelerate_config_path(str(v)).is_file(),
+                                "a shipped accelerate config (ddp, fsdp, zero3) or an existing file")),
 ]
 
 

@@ -102,13 +102,15 @@ def test_vllm_sampling_is_seeded_per_prompt(vllm_backend):
 
 def test_responses_sharing_a_prompt_share_its_forward_pass(hf, monkeypatch):
     """The n samples of a prompt: the prompt runs once and its cache serves each response (prompts of different
-    lengths in one batch, uneven responses, an empty one); the log-probs equal whole-sequence scoring token by
-    token (fp32 rounding) and a float64 forward per sequence within 1e-3 nats."""
-    answers = {q: [r, r[: len(r) // 2], "", r + " " + r] for q, r in CASES[:3] + CASES[4:]}
+    lengths in one batch, responses of similar lengths); an outlier (one long answer among short ones) and a lone
+    response are scored whole. The log-probs equal whole-sequence scoring token by token (fp32 rounding) and a
+    float64 forward per sequence within 1e-3 nats."""
+    answers = {q: [r, r + " Yes.", r[: len(r) * 3 // 4], r + " No, really."] for q, r in CASES[:3] + CASES[4:]}
     prompts = [hf.format_prompt(q) for q, rs in answers.items() for _ in rs]
     responses = [r for rs in answers.values() for r in rs]
-    prompts.append(hf.format_prompt("A prompt with a single response."))
-    responses.append("Just one.")
+    n_shared = len(prompts)
+    prompts += [hf.format_prompt("Say nothing.")] * 2 + [hf.format_prompt("A prompt with a single response.")]
+    responses += ["", "word " * 200, "Just one."]
     seen = {"shared": 0, "packed": 0}
     for path in ("shared", "packed"):
         original = getattr(hf, f"_score_{path}")
@@ -119,7 +121,7 @@ def test_responses_sharing_a_prompt_share_its_forward_pass(hf, monkeypatch):
 
         monkeypatch.setattr(hf, f"_score_{path}", spy)
     together = hf.score(prompts, responses)
-    assert seen == {"shared": len(prompts) - 1, "packed": 1}
+    assert seen == {"shared": n_shared, "packed": 3}
     monkeypatch.undo()
     alone = [hf.score([p], [r])[0] for p, r in zip(prompts, responses)]
     for x, y in zip(together, alone):

@@ -13,6 +13,8 @@ from conftest import assert_one_line_error, run_cli
 
 # (id, argv, strings the error line must contain). {tmp} is a folder prepared by the `inputs` fixture.
 CASES = [
+    ("accelerate-config-unknown", ["run", "demo", "--dry-run", "train.accelerate.config_file=zero4"],
+     ["train.accelerate.config_file", "ddp, fsdp, zero3", "zero4"]),
     ("grad-accum-0", ["run", "demo", "--dry-run", "train.grad_accum=0"],
      ["override train.grad_accum=0", "train.grad_accum must be >= 1"]),
     ("alpha-step-0", ["run", "demo", "pairs.alpha_step=0"], ["override pairs.alpha_step=0", "pairs.alpha_step"]),

@@ -45,13 +45,21 @@ TRAIN_VALUES = {
     "lora": ({"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": ["q_proj"]},
              lambda d, lo, cmd: {"r": lo.r, "alpha": lo.lora_alpha, "dropout": lo.lora_dropout,
                                  "target_modules": sorted(lo.target_modules)}),
-    "accelerate": ({"config_file": "zero3.yaml", "num_processes": 2, "extra_args": ["--main_process_port", "29511"]},
-                   lambda d, lo, cmd: {"config_file": cmd[cmd.index("--config_file") + 1],
+    "accelerate": ({"config_file": "zero3", "num_processes": 2, "extra_args": ["--main_process_port", "29511"]},
+                   lambda d, lo, cmd: {"config_file": _shipped(cmd[cmd.index("--config_file") + 1]),
                                        "num_processes": int(cmd[cmd.index("--num_processes") + 1]),
                                        "extra_args": cmd[cmd.index("--num_processes") + 2:
                                                          cmd.index("--num_processes") + 4]}),
     "extra": ({"label_smoothing": 0.05}, lambda d, lo, cmd: {"label_smoothing": d.label_smoothing}),
 }
+
+
+def _shipped(path: str) -> str:
+    """The name of a shipped accelerate config file (harness/presets/accelerate/NAME.yaml), else the path."""
+    from harness.config import ACCELERATE_CONFIGS
+
+    p = Path(path)
+    return p.stem if p.parent == ACCELERATE_CONFIGS and p.is_file() else path
 
 
 def test_every_train_field_has_a_wiring_row():

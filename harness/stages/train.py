@@ -36,9 +36,11 @@ def uses_accelerate(tc: TrainConfig) -> bool:
 
 def launch_command(tc: TrainConfig, run_dir: Path, iteration: int) -> list[str]:
     """The `accelerate launch` command that runs this stage on several processes (DeepSpeed/FSDP via config)."""
+    from harness.config import accelerate_config_path
+
     cmd = [sys.executable, "-m", "accelerate.commands.launch"]
     if tc.accelerate.config_file:
-        cmd += ["--config_file", str(tc.accelerate.config_file)]
+        cmd += ["--config_file", str(accelerate_config_path(str(tc.accelerate.config_file)))]
     cmd += ["--num_processes", str(tc.accelerate.num_processes), *map(str, tc.accelerate.extra_args),
             "-m", "harness.stages", str(run_dir), str(iteration), "train"]
     return cmd
@@ -327,6 +329,7 @@ def run(ctx: StageContext) -> dict:
                     tc.warmup_ratio, [h.get("learning_rate") for h in hist])
     metrics = {
         "pairs": len(rows), "steps": trainer.state.global_step, "train_seconds": seconds,
+        "processes": trainer.args.world_size,
         "objective": tc.objective, "method": tc.method, "precision": tc.precision, "parameters": n_params,
         "param_change_l2": change,
         "loss_first": hist[0]["loss"] if hist else None, "loss_last": hist[-1]["loss"] if hist else None,
