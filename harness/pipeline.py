@@ -329,11 +329,19 @@ class Pipeline:
             tc = self.cfg.train_for(t.iteration)
             if uses_accelerate(tc):
                 cmd = launch_command(tc, self.layout.root, t.iteration)
+                env = dict(os.environ)
+                if not _has_gpu():  # without it, each CPU process trains alone instead of joining one gloo job
+                    env["ACCELERATE_USE_CPU"] = "true"
                 log.info("launching: %s", " ".join(cmd))
-                rc = subprocess.call(cmd)
+                rc = subprocess.call(cmd, env=env)
                 if rc != 0:
-                    raise HarnessError(f"accelerate launch of {t.label} exited with {rc}")
+                    raise HarnessError(f"accelerate launch of {t.label} exited with {rc} (a worker failed or was "
+                                       f"killed; its log is above; a rerun resumes this stage)")
                 metrics = read_json(out / "train_metrics.json")
+                if metrics.get("processes") != tc.accelerate.num_processes:
+                    raise HarnessError(f"accelerate launch of {t.label}: the trainer saw {metrics.get('processes')} "
+                                       f"process(es), not train.accelerate.num_processes = "
+                                       f"{tc.accelerate.num_processes} (check the accelerate config)")
                 return {k: metrics.get(k) for k in ("pairs", "steps", "param_change_l2", "loss_first", "loss_last")}
         return self.stage_runner(t)(self.context(t, out))
 

@@ -237,6 +237,23 @@ def cpu_lm_head(enabled: bool = True):
         tu._use_triton, tu._CHUNKED_LOGPROB_CHUNK_SIZE = use_triton, tile
 
 
+def _shared_dataset(dataset, folder: Path):
+    """The rows as one on-disk dataset that every process of a multi-process run reads. TRL caches the precomputed
+    reference log-probs next to the dataset's files: an in-memory dataset puts them in each process's own temporary
+    folder, where the other processes cannot find the main process's file."""
+    from accelerate import PartialState
+    from datasets import load_from_disk
+
+    with PartialState().main_process_first():  # the main process writes it once, the others then read it
+        if not (folder / "dataset_info.json").is_file():
+            tmp = folder.with_name(folder.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            dataset.save_to_disk(str(tmp))
+            shutil.rmtree(folder, ignore_errors=True)
+            tmp.rename(folder)
+        return load_from_disk(str(folder))
+
+
 def build_trainer(model, tok, rows: list[dict], tc: TrainConfig, args, seed: int, peft_config=None, callbacks=()):
     """The TRL trainer of these rows and settings (DPOTrainer, or KTOTrainer on the unpaired rows); the train stage
     and ``harness bench`` build it here, so the benchmark measures the stage's own step."""
@@ -245,7 +262,10 @@ def build_trainer(model, tok, rows: list[dict], tc: TrainConfig, args, seed: int
     from trl import DPOTrainer, KTOTrainer
 
     trainer_cls, data = (KTOTrainer, kto_rows(rows, seed)) if tc.objective == "kto" else (DPOTrainer, rows)
-    trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(data), processing_class=tok,
+    dataset = Dataset.from_list(data)
+    if args.world_size > 1:
+        dataset = _shared_dataset(dataset, Path(args.output_dir) / "rows")
+    trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tok,
                           peft_config=peft_config, callbacks=list(callbacks))
     trainer.remove_callback(PrinterCallback)  # logs go to train_metrics.json; the rich bar shows progress
     return trainer
