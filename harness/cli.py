@@ -225,7 +225,12 @@ def _plan_counts(pipe, t) -> str:
         src = f"<= {n} pairs"
     per_step = tc.batch_size * tc.grad_accum * max(tc.accelerate.num_processes, 1)
     steps = int(-(-n // per_step) * tc.epochs)
-    return f"{src}, ~{steps} optimizer steps ({tc.method}, {tc.precision}, batch {per_step})"
+    where = ""
+    if tc.accelerate.num_processes > 1 or tc.accelerate.config_file:
+        where = f"; accelerate launch, {tc.accelerate.num_processes} processes"
+        if tc.accelerate.config_file:
+            where += f" ({tc.accelerate.config_file})"
+    return f"{src}, ~{steps} optimizer steps ({tc.method}, {tc.precision}, batch {per_step}{where})"
 
 
 def _print_plan(pipe, tasks, notes: list[str]) -> None:

@@ -38,6 +38,7 @@ def test_paper_preset_dry_run_plans_offline(tmp_path):
     assert "15000 prompts x n=10 = 150000 samples" in text and "360,000,000 new tokens" in text
     assert "random_3000 (de, en, es, fr, ru) from the ICR repository" in text and "will be downloaded" in text
     assert "iter_ref/eval" in text and "4025 X-AlpacaEval answers" in text
+    assert "(full, bf16, batch 32; accelerate launch, 8 processes (zero3))" in text
     assert "weighted_alpaca_eval_gpt4_turbo_multilingual judgements, LC official" in text
     assert "precision bf16 needs a GPU" in text and "needs an API key" in text
     assert "dry run: nothing was loaded or written" in text
