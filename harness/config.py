@@ -53,7 +53,10 @@ class BackendConfig:
     score: str = "transformers"
     """Backend used for log-probabilities."""
     threads: int | None = None
-    """CPU threads (None: all cores available to the process)."""
+    """CPU threads (None: all cores available to the process; with replicas, per replica: cores / replicas)."""
+    replicas: int = 1
+    """Sampling engines run side by side, each in its own process with its share of the cores (data parallel);
+    the responses are the same whatever the number (harness.replicas)."""
     options: dict = field(default_factory=dict)
     """Passed through to the backend (vLLM engine options: tensor_parallel_size, gpu_memory_utilization, ...)."""
 
@@ -322,6 +325,7 @@ RULES = [
     ("iterations", _in_range(0)),
     ("prompts.limit", _in_range(1, optional=True)),
     ("backend.threads", _in_range(1, optional=True)),
+    ("backend.replicas", _in_range(1)),
     ("sample.n", (lambda v: v >= 2, ">= 2 (a preference pair needs two responses)")),
     ("sample.temperature", _in_range(0)),
     ("sample.top_p", _in_range(0, 1, lo_open=True)),

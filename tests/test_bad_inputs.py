@@ -13,6 +13,7 @@ from conftest import assert_one_line_error, run_cli
 
 # (id, argv, strings the error line must contain). {tmp} is a folder prepared by the `inputs` fixture.
 CASES = [
+    ("replicas-0", ["run", "demo", "--dry-run", "backend.replicas=0"], ["backend.replicas must be >= 1"]),
     ("accelerate-config-unknown", ["run", "demo", "--dry-run", "train.accelerate.config_file=zero4"],
      ["train.accelerate.config_file", "ddp, fsdp, zero3", "zero4"]),
     ("grad-accum-0", ["run", "demo", "--dry-run", "train.grad_accum=0"],

@@ -32,6 +32,30 @@ def sample_responses(ctx: StageContext, *, n: int, temperature: float, top_p: fl
     out = JsonlAppender(ctx.out / "responses.jsonl")
     work = [(lang, p) for lang in languages for p in prompts.by_lang[lang]]
     todo = out.pending_chunks([(lang, p.id) for lang, p in work], cfg.sample.chunk, lambda r: (r["lang"], r["id"]))
+
+    def rows_of(chunk, comps):
+        return ({"lang": lang, "id": p.id, "prompt": p.prompt, "prompt_en": p.prompt_en,
+                 "responses": [{"text": c.text, "n_tokens": c.n_tokens, "finished": c.finished} for c in cs]}
+                for (lang, p), cs in zip(chunk, comps))
+
+    decoding = dict(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+                    repetition_penalty=repetition_penalty)
+    if todo and cfg.backend.replicas > 1:  # data parallel: chunks spread over engine processes (harness.replicas)
+        from harness.replicas import generate_chunks
+
+        chunks = [[work[j] for j in positions] for positions in todo]
+        jobs = [([p.prompt for _, p in chunk],
+                 dict(decoding, seeds=[derive_seed(cfg.seed, ctx.iteration, "sample", lang, p.id)
+                                       for lang, p in chunk])) for chunk in chunks]
+        with progress() as bar:
+            task = bar.add_task(f"iter {ctx.iteration} sample ({cfg.backend.replicas} replicas)", total=len(work),
+                                completed=len(work) - sum(map(len, todo)))
+            options = dict(cfg.backend.options, dtype=cfg.sample.dtype)
+            for i, comps in generate_chunks(cfg.backend.sample, ctx.policy, options, cfg.backend.replicas,
+                                            cfg.backend.threads, jobs):
+                out.append(rows_of(chunks[i], comps))
+                bar.advance(task, len(chunks[i]))
+        todo = []
     if todo:
         with load_backend(cfg.backend.sample, ctx.policy, threads=cfg.backend.threads, dtype=cfg.sample.dtype,
                           **cfg.backend.options) as be, \
@@ -40,14 +64,10 @@ def sample_responses(ctx: StageContext, *, n: int, temperature: float, top_p: fl
                                 completed=len(work) - sum(map(len, todo)))
             for positions in todo:
                 chunk = [work[j] for j in positions]
-                comps = be.generate([be.format_prompt(p.prompt) for _, p in chunk], n=n, temperature=temperature,
-                                    top_p=top_p, max_tokens=max_tokens, repetition_penalty=repetition_penalty,
+                comps = be.generate([be.format_prompt(p.prompt) for _, p in chunk], **decoding,
                                     seeds=[derive_seed(cfg.seed, ctx.iteration, "sample", lang, p.id)
                                            for lang, p in chunk])
-                out.append({"lang": lang, "id": p.id, "prompt": p.prompt, "prompt_en": p.prompt_en,
-                            "responses": [{"text": c.text, "n_tokens": c.n_tokens, "finished": c.finished}
-                                          for c in cs]}
-                           for (lang, p), cs in zip(chunk, comps))
+                out.append(rows_of(chunk, comps))
                 bar.advance(task, len(chunk))
     out.close()
     rows = out.rows
@@ -59,7 +79,7 @@ def sample_responses(ctx: StageContext, *, n: int, temperature: float, top_p: fl
 
     atomic_write_jsonl(ctx.out / "responses.jsonl", rows)
     resp = [x for r in rows for x in r["responses"]]
-    return {"prompts": len(rows), "responses": len(resp),
+    return {"prompts": len(rows), "responses": len(resp), "replicas": cfg.backend.replicas,
             "empty_responses": sum(1 for x in resp if not x["text"]),
             "truncated_responses": sum(1 for x in resp if not x["finished"]),
             "generated_tokens": sum(x["n_tokens"] for x in resp)}
