@@ -55,8 +55,8 @@ class BackendConfig:
     threads: int | None = None
     """CPU threads (None: all cores available to the process; with replicas, per replica: cores / replicas)."""
     replicas: int = 1
-    """Sampling engines run side by side, each in its own process with its share of the cores (data parallel);
-    the responses are the same whatever the number (harness.replicas)."""
+    """Sampling and scoring engines run side by side, each in its own process with its share of the cores (data
+    parallel); the responses and rewards are the same whatever the number (harness.replicas)."""
     options: dict = field(default_factory=dict)
     """Passed through to the backend (vLLM engine options: tensor_parallel_size, gpu_memory_utilization, ...)."""
 

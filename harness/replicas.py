@@ -35,6 +35,11 @@ def _generate(instructions: Sequence[str], kwargs: dict) -> list:
     return be.generate([be.format_prompt(x) for x in instructions], **kwargs)
 
 
+def _score(instructions: Sequence[str], responses: Sequence[str]) -> list:
+    be = _BACKEND
+    return be.score([be.format_prompt(x) for x in instructions], responses)
+
+
 def threads_per_replica(replicas: int, threads: int | None) -> int:
     from harness.backends import available_cores
 
@@ -44,6 +49,16 @@ def threads_per_replica(replicas: int, threads: int | None) -> int:
 def generate_chunks(name: str, spec, options: dict, replicas: int, threads: int | None,
                     jobs: Sequence[tuple[Sequence[str], dict]]) -> Iterator[tuple[int, Any]]:
     """(job index, completions) for each job (instructions, generate kwargs), as the replicas finish them."""
+    return _map(_generate, name, spec, options, replicas, threads, jobs)
+
+
+def score_chunks(name: str, spec, options: dict, replicas: int, threads: int | None,
+                 jobs: Sequence[tuple[Sequence[str], Sequence[str]]]) -> Iterator[tuple[int, Any]]:
+    """(job index, per-token log-probs) for each job (instructions, responses), as the replicas finish them."""
+    return _map(_score, name, spec, options, replicas, threads, jobs)
+
+
+def _map(fn, name: str, spec, options: dict, replicas: int, threads: int | None, jobs) -> Iterator[tuple[int, Any]]:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
@@ -53,7 +68,7 @@ def generate_chunks(name: str, spec, options: dict, replicas: int, threads: int 
     per = threads_per_replica(replicas, threads)
     with ProcessPoolExecutor(replicas, mp_context=ctx, initializer=_start,
                              initargs=(name, spec, dict(options), per, counter)) as pool:
-        futures = {pool.submit(_generate, list(instr), kw): i for i, (instr, kw) in enumerate(jobs)}
+        futures = {pool.submit(fn, *job): i for i, job in enumerate(jobs)}
         try:
             for f in as_completed(futures):
                 yield futures[f], f.result()

@@ -1,5 +1,5 @@
-"""Data-parallel sampling (backend.replicas): 2 engine processes of 1 core each give the responses of 1 engine of
-1 core, through the normal stage (issue 14)."""
+"""Data-parallel sampling and scoring (backend.replicas): 2 engine processes of 1 core each give the responses and
+rewards of 1 engine of 1 core, through the normal stages (issue 14)."""
 
 import os
 import signal
@@ -15,17 +15,24 @@ from harness.io import read_jsonl
 pytestmark = pytest.mark.model
 
 
-def _sample(tmp_path, *extra):
+def _run(tmp_path, stages, *extra):
     from harness.pipeline import Pipeline
 
     cfg, _ = load_config(None, ["run_name=dp", "seed=5", "languages=[en,es]", "iterations=1", "prompts.limit=3",
                                 "models.policy=smollm2-135m-instruct", "sample.n=2", "sample.max_tokens=8",
-                                "sample.chunk=1", "backend.threads=1", *extra])
+                                "sample.chunk=1", "reward.chunk=2", "backend.threads=1", *extra])
     pipe = Pipeline(cfg, tmp_path)
-    task = next(t for t in pipe.plan() if (t.iteration, t.stage) == (1, "sample"))
-    pipe.execute(task)
-    assert task.counts["replicas"] == cfg.backend.replicas
-    return read_jsonl(pipe.layout.stage_dir(1, "sample") / "responses.jsonl"), task.hash
+    hashes = {}
+    for task in pipe.plan():
+        if task.iteration == 1 and task.stage in stages:
+            pipe.execute(task)
+            hashes[task.stage] = task.hash
+    return pipe.layout.root / "iter_1", hashes
+
+
+def _sample(tmp_path, *extra):
+    root, hashes = _run(tmp_path, ("sample",), *extra)
+    return read_jsonl(root / "sample" / "responses.jsonl"), hashes["sample"]
 
 
 @pytest.mark.parametrize("backend", ["transformers", "vllm"])
@@ -35,6 +42,36 @@ def test_two_replicas_sample_what_one_samples(backend, tmp_path):
     assert h1 == h2  # the replica count is not part of what the stage computes
     assert len(one) == 6 and all(len(r["responses"]) == 2 for r in one)
     assert one == two
+
+
+def test_two_replicas_score_what_one_scores(tmp_path, monkeypatch):
+    """A policy that differs from the reference (SmolLM2 with its final norm scaled), so rewards are not zero."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from harness.models import resolve_model
+
+    src = resolve_model("smollm2-135m-instruct").local_path()
+    policy = tmp_path / "pi0"
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    with torch.no_grad():
+        model.model.norm.weight.mul_(1.1)
+    model.save_pretrained(policy)
+    AutoTokenizer.from_pretrained(src).save_pretrained(policy)
+    import harness.replicas
+
+    used = []
+    real = harness.replicas.score_chunks
+    monkeypatch.setattr(harness.replicas, "score_chunks", lambda *a: used.append(a[3]) or real(*a))
+    one, h1 = _run(tmp_path / "one", ("sample", "reward"), f"models.policy={policy}")
+    assert used == []
+    two, h2 = _run(tmp_path / "two", ("sample", "reward"), f"models.policy={policy}", "backend.replicas=2")
+    assert h1 == h2 and used == [2, 2]  # policy and reference, each over 2 replicas
+    a, b = read_jsonl(one / "reward/rewards.jsonl"), read_jsonl(two / "reward/rewards.jsonl")
+    assert len(a) == len(b) == 6
+    rewards = [(x["reward"], y["reward"]) for r, q in zip(a, b) for x, y in zip(r["responses"], q["responses"])]
+    assert any(x != 0 for x, _ in rewards)
+    assert max(abs(x - y) for x, y in rewards) <= 1e-4
 
 
 def test_a_killed_replica_loses_only_unfinished_chunks(tiny_config, tmp_path):

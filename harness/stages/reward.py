@@ -53,13 +53,54 @@ def run(ctx: StageContext) -> dict:
             return {}
         return {key_of(r): r["translations"] for r in read_jsonl(ctx.out / "translations.jsonl")}
 
+    def score_jobs(todo: list[list[int]]) -> list[tuple[list[int], list[str], list[str]]]:
+        """(row positions, reward instructions, scored texts) per chunk; the instructions are not yet formatted."""
+        scored_texts = translations()
+        jobs = []
+        for positions in todo:
+            instrs, texts = [], []
+            for r in (rows[j] for j in positions):
+                instr = strategy.reward_instruction(r["lang"], r["prompt"], r["prompt_en"])
+                scored = scored_texts[key_of(r)] if strategy.translate else [x["text"] for x in r["responses"]]
+                instrs += [instr] * len(scored)
+                texts += scored
+            jobs.append((positions, instrs, texts))
+        return jobs
+
+    def record(scores: JsonlAppender, model, name: str, positions: list[int], per_token: list) -> None:
+        """One chunk's summed log-probs, checked finite, appended."""
+        lps = iter(per_token)
+        new = []
+        for j in positions:
+            r = rows[j]
+            sums = [_sum(next(lps), rc.logprob_mode) for _ in r["responses"]]
+            for k, (v, _) in enumerate(sums):
+                if not math.isfinite(v):
+                    raise HarnessError(f"{name} model {model.name} gave a log-prob of {v} for response {k} of "
+                                       f"{r['lang']}/{r['id']}", samples_path, j + 1)
+            new.append({"lang": r["lang"], "id": r["id"], "logps": [s for s, _ in sums],
+                        "scored_tokens": [n for _, n in sums]})
+        scores.append(new)
+
     def passes(model, name: str, translate: bool) -> None:
         """Resumable passes with one loaded model: translate (translate_en, policy only), then score."""
         trans = JsonlAppender(ctx.out / "translations.jsonl") if translate else None
         scores = JsonlAppender(ctx.out / f"{name}_logps.jsonl")
         t_todo = trans.pending_chunks(keys, rc.chunk, key_of) if trans else []
         s_todo = scores.pending_chunks(keys, rc.chunk, key_of)
-        if t_todo or s_todo:
+        if s_todo and not t_todo and cfg.backend.replicas > 1:  # data parallel (harness.replicas)
+            from harness.replicas import score_chunks
+
+            jobs = score_jobs(s_todo)
+            with progress() as bar:
+                t = bar.add_task(f"iter {ctx.iteration} score {name} ({cfg.backend.replicas} replicas)",
+                                 total=sum(map(len, s_todo)))
+                for i, lps in score_chunks(cfg.backend.score, model, dict(dtype=rc.dtype, **cfg.backend.options),
+                                           cfg.backend.replicas, cfg.backend.threads,
+                                           [(instrs, texts) for _, instrs, texts in jobs]):
+                    record(scores, model, name, jobs[i][0], lps)
+                    bar.advance(t, len(jobs[i][0]))
+        elif t_todo or s_todo:
             with load_backend(cfg.backend.score, model, **opts) as be, progress() as bar:
                 if t_todo:
                     t = bar.add_task(f"iter {ctx.iteration} translate", total=sum(map(len, t_todo)))
@@ -75,31 +116,11 @@ def run(ctx: StageContext) -> dict:
                                       "translations": [next(texts) for _ in r["responses"]]} for r in chunk)
                         bar.advance(t, len(chunk))
                     trans.close()
-                scored_texts = translations()
                 if s_todo:
                     t = bar.add_task(f"iter {ctx.iteration} score {name}", total=sum(map(len, s_todo)))
-                    for positions in s_todo:
-                        chunk = [rows[j] for j in positions]
-                        prompts, texts = [], []
-                        for r in chunk:
-                            instr = be.format_prompt(strategy.reward_instruction(r["lang"], r["prompt"],
-                                                                                 r["prompt_en"]))
-                            scored = scored_texts[key_of(r)] if strategy.translate else [x["text"] for x in
-                                                                                         r["responses"]]
-                            prompts += [instr] * len(scored)
-                            texts += scored
-                        lps = iter(be.score(prompts, texts))
-                        new = []
-                        for j, r in zip(positions, chunk):
-                            sums = [_sum(next(lps), rc.logprob_mode) for _ in r["responses"]]
-                            for k, (v, _) in enumerate(sums):
-                                if not math.isfinite(v):
-                                    raise HarnessError(f"{name} model {model.name} gave a log-prob of {v} for "
-                                                       f"response {k} of {r['lang']}/{r['id']}", samples_path, j + 1)
-                            new.append({"lang": r["lang"], "id": r["id"], "logps": [s for s, _ in sums],
-                                        "scored_tokens": [n for _, n in sums]})
-                        scores.append(new)
-                        bar.advance(t, len(chunk))
+                    for positions, instrs, texts in score_jobs(s_todo):
+                        record(scores, model, name, positions, be.score([be.format_prompt(x) for x in instrs], texts))
+                        bar.advance(t, len(positions))
         scores.close()
         if trans:
             trans.close()
