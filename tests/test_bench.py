@@ -25,7 +25,7 @@ def test_uneven_workload_keeps_every_sample_and_adds_one_long_response_per_promp
 
 
 def test_bench_prints_sampling_scoring_and_training_in_one_table():
-    r = run_cli("bench", "--backends", "transformers", "--prompts", "2", "--max-tokens", "8", "--repeats", "2",
+    r = run_cli("bench", "--backends", "transformers", "--prompts", "2", "--max-tokens", "8", "--repeats", "1",
                 env={"COLUMNS": "250"})
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout + r.stderr

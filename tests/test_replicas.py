@@ -35,10 +35,10 @@ def _sample(tmp_path, *extra):
     return read_jsonl(root / "sample" / "responses.jsonl"), hashes["sample"]
 
 
-@pytest.mark.parametrize("backend", ["transformers", "vllm"])
-def test_two_replicas_sample_what_one_samples(backend, tmp_path):
-    one, h1 = _sample(tmp_path / "one", f"backend.sample={backend}")
-    two, h2 = _sample(tmp_path / "two", f"backend.sample={backend}", "backend.replicas=2")
+def test_two_vllm_replicas_sample_what_one_samples(tmp_path):
+    """vLLM here; the transformers backend's samples are compared in the scoring test below."""
+    one, h1 = _sample(tmp_path / "one", "backend.sample=vllm")
+    two, h2 = _sample(tmp_path / "two", "backend.sample=vllm", "backend.replicas=2")
     assert h1 == h2  # the replica count is not part of what the stage computes
     assert len(one) == 6 and all(len(r["responses"]) == 2 for r in one)
     assert one == two
@@ -63,15 +63,20 @@ def test_two_replicas_score_what_one_scores(tmp_path, monkeypatch):
     used = []
     real = harness.replicas.score_chunks
     monkeypatch.setattr(harness.replicas, "score_chunks", lambda *a: used.append(a[3]) or real(*a))
-    one, h1 = _run(tmp_path / "one", ("sample", "reward"), f"models.policy={policy}")
+    # unrounded: rounding each sum to 4 decimals (the default) turns a 1e-7 difference into 1e-4 now and then
+    over = [f"models.policy={policy}", "reward.round_decimals=null"]
+    one, h1 = _run(tmp_path / "one", ("sample", "reward"), *over)
     assert used == []
-    two, h2 = _run(tmp_path / "two", ("sample", "reward"), f"models.policy={policy}", "backend.replicas=2")
+    two, h2 = _run(tmp_path / "two", ("sample", "reward"), *over, "backend.replicas=2")
     assert h1 == h2 and used == [2, 2]  # policy and reference, each over 2 replicas
+    assert read_jsonl(one / "sample/responses.jsonl") == read_jsonl(two / "sample/responses.jsonl")
     a, b = read_jsonl(one / "reward/rewards.jsonl"), read_jsonl(two / "reward/rewards.jsonl")
     assert len(a) == len(b) == 6
     rewards = [(x["reward"], y["reward"]) for r, q in zip(a, b) for x, y in zip(r["responses"], q["responses"])]
     assert any(x != 0 for x, _ in rewards)
-    assert max(abs(x - y) for x, y in rewards) <= 1e-4
+    worst = max(abs(x - y) for x, y in rewards)
+    assert worst < 1e-4, worst
+    print(f"\nrewards, 2 replicas vs 1: max |diff| {worst:.1e} nats")
 
 
 def test_a_killed_replica_loses_only_unfinished_chunks(tiny_config, tmp_path):
