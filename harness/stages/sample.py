@@ -38,15 +38,16 @@ def sample_responses(ctx: StageContext, *, n: int, temperature: float, top_p: fl
                  "responses": [{"text": c.text, "n_tokens": c.n_tokens, "finished": c.finished} for c in cs]}
                 for (lang, p), cs in zip(chunk, comps))
 
+    def seeds_of(chunk) -> list[int]:
+        return [derive_seed(cfg.seed, ctx.iteration, "sample", lang, p.id) for lang, p in chunk]
+
     decoding = dict(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
                     repetition_penalty=repetition_penalty)
     if todo and cfg.backend.replicas > 1:  # data parallel: chunks spread over engine processes (harness.replicas)
         from harness.replicas import generate_chunks
 
         chunks = [[work[j] for j in positions] for positions in todo]
-        jobs = [([p.prompt for _, p in chunk],
-                 dict(decoding, seeds=[derive_seed(cfg.seed, ctx.iteration, "sample", lang, p.id)
-                                       for lang, p in chunk])) for chunk in chunks]
+        jobs = [([p.prompt for _, p in chunk], dict(decoding, seeds=seeds_of(chunk))) for chunk in chunks]
         with progress() as bar:
             task = bar.add_task(f"iter {ctx.iteration} sample ({cfg.backend.replicas} replicas)", total=len(work),
                                 completed=len(work) - sum(map(len, todo)))
@@ -65,8 +66,7 @@ def sample_responses(ctx: StageContext, *, n: int, temperature: float, top_p: fl
             for positions in todo:
                 chunk = [work[j] for j in positions]
                 comps = be.generate([be.format_prompt(p.prompt) for _, p in chunk], **decoding,
-                                    seeds=[derive_seed(cfg.seed, ctx.iteration, "sample", lang, p.id)
-                                           for lang, p in chunk])
+                                    seeds=seeds_of(chunk))
                 out.append(rows_of(chunk, comps))
                 bar.advance(task, len(chunk))
     out.close()
