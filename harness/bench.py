@@ -256,13 +256,14 @@ def bench_train(steps: int = 3, batch_size: int = 8, precision: str = "bf16_cpu"
     from pathlib import Path
 
     import torch
-    from transformers import AutoModelForCausalLM, TrainerCallback
+    from transformers import TrainerCallback
 
     from harness.backends import available_cores
     from harness.config import TrainConfig
     from harness.data import load_english_prefs
     from harness.models import resolve_model
-    from harness.stages.train import build_dpo_config, build_trainer, cpu_lm_head, trainer_rows, training_tokenizer
+    from harness.stages.train import (build_dpo_config, build_trainer, cpu_lm_head, load_train_model, trainer_rows,
+                                      training_tokenizer)
 
     torch.set_num_threads(available_cores())
     spec = resolve_model("smollm2-135m-instruct")
@@ -283,7 +284,7 @@ def bench_train(steps: int = 3, batch_size: int = 8, precision: str = "bf16_cpu"
         def on_step_end(self, *a, **k):
             times.append(time.perf_counter() - self.t0)
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model = load_train_model(path, torch.float32)
     n_params = sum(p.numel() for p in model.parameters())
     with tempfile.TemporaryDirectory() as tmp, cpu_lm_head(compact_head):
         t0 = time.perf_counter()  # tokenization and the reference pass happen in the trainer's constructor

@@ -195,6 +195,7 @@ class EvalConfig:
     dtype: str | None = None
     """Generation precision (None: the model's own). The local judges score in float32 whatever this is."""
     chunk: int = 8
+    """Prompts per generation call and per resumable unit; the evaluated languages share the calls."""
     judge: str = "local_logprob"
     judge_model: str | None = None
     """Local judges: a model name or folder (default: models.reference); API judges: the served model name

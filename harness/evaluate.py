@@ -3,7 +3,8 @@
 Per language, into ``<out>/<lang>/`` (AlpacaEval's own formats):
 
 - ``model_outputs.json``: ``[{instruction, output, generator, dataset, id}]`` in id order (cached: a rerun with the
-  same settings does not regenerate; generation resumes per chunk from ``generations.jsonl``);
+  same settings does not regenerate; the languages share the generation calls, which resume per chunk from
+  ``<out>/model_outputs.generations.jsonl``);
 - ``annotations.json``: ``[{instruction, output_1 (reference), generator_1, output_2 (model), generator_2,
   annotator, preference, dataset, index}]``;
 - ``metrics.json``: WR, SE, wins/draws/totals and avg length (alpaca-eval's functions), LC with its source, the
@@ -94,23 +95,26 @@ def _check_reference(lang: str, cfg: RunConfig) -> None:
     check_gzip(path)
 
 
-def _generate(be, rows: list[dict], path: Path, cfg: RunConfig, lang: str, bar, task) -> list[str]:
-    """Outputs for ``rows`` (X-AlpacaEval rows), resumable per chunk in ``path`` (JSONL)."""
+def _generate(be, items: list[tuple[str, dict]], path: Path, cfg: RunConfig, bar, task) -> dict[tuple, str]:
+    """Outputs for ``items`` ((language, X-AlpacaEval row) pairs), {(language, id): output}. The languages share
+    the generation calls: a call takes ``eval.chunk`` prompts in order, whatever their language (one call of 18 short
+    generations costs little more than one of 6 on a CPU, whose decoding reads the weights once per step for the whole
+    batch). Resumable per chunk in ``path`` (JSONL, one row per output with its language)."""
     ec = cfg.eval
     app = JsonlAppender(path)
-    todo = app.pending_chunks([r["id"] for r in rows], ec.chunk, lambda x: x["id"])
-    bar.update(task, advance=len(rows) - sum(map(len, todo)))
+    key_of = lambda x: (x["lang"], x["id"])  # noqa: E731
+    todo = app.pending_chunks([(lang, r["id"]) for lang, r in items], ec.chunk, key_of)
+    bar.update(task, advance=len(items) - sum(map(len, todo)))
     for positions in todo:
-        chunk = [rows[j] for j in positions]
-        outs = be.generate([be.format_prompt(r["instruction"]) for r in chunk], n=1, temperature=ec.temperature,
+        chunk = [items[j] for j in positions]
+        outs = be.generate([be.format_prompt(r["instruction"]) for _, r in chunk], n=1, temperature=ec.temperature,
                            top_p=ec.top_p, max_tokens=ec.max_tokens,
-                           seeds=[derive_seed(ec.seed, "eval", lang, r["id"]) for r in chunk])
-        app.append({"id": r["id"], "output": o[0].text, "n_tokens": o[0].n_tokens, "finished": o[0].finished}
-                   for r, o in zip(chunk, outs))
+                           seeds=[derive_seed(ec.seed, "eval", lang, r["id"]) for lang, r in chunk])
+        app.append({"lang": lang, "id": r["id"], "output": o[0].text, "n_tokens": o[0].n_tokens,
+                    "finished": o[0].finished} for (lang, r), o in zip(chunk, outs))
         bar.update(task, advance=len(chunk))
     app.close()
-    by_id = {x["id"]: x["output"] for x in app.rows}
-    return [by_id[r["id"]] for r in rows]
+    return {key_of(x): x["output"] for x in app.rows}
 
 
 def generate_outputs(spec: ModelSpec, label: str, out: Path, cfg: RunConfig, langs: list[str],
@@ -134,16 +138,16 @@ def generate_outputs(spec: ModelSpec, label: str, out: Path, cfg: RunConfig, lan
         return paths
     wanted = set(ids)
     data = {lang: [r for r in load_xalpaca_instructions(lang, cfg.data_dir) if r["id"] in wanted] for lang in todo}
+    items = [(lang, r) for lang in todo for r in data[lang]]
     with load_backend(ec.backend or cfg.backend.sample, spec, threads=cfg.backend.threads, dtype=ec.dtype,
                       **cfg.backend.options) as be, progress() as bar:
-        for lang in todo:
-            task = bar.add_task(f"eval {label} {lang}: generate", total=len(data[lang]))
-            gen_path = out / lang / (file_name.replace(".json", "") + ".generations.jsonl")
-            outputs = _generate(be, data[lang], gen_path, cfg, lang, bar, task)
-            atomic_write_json(paths[lang], [{"instruction": r["instruction"], "output": o, "generator": label,
-                                             "dataset": r["dataset"], "id": r["id"]}
-                                            for r, o in zip(data[lang], outputs)])
-            atomic_write_text(out / lang / (file_name + ".hash"), key + "\n")
+        task = bar.add_task(f"eval {label} {' '.join(todo)}: generate", total=len(items))
+        outputs = _generate(be, items, out / (file_name.replace(".json", "") + ".generations.jsonl"), cfg, bar, task)
+    for lang in todo:
+        atomic_write_json(paths[lang], [{"instruction": r["instruction"], "output": outputs[(lang, r["id"])],
+                                         "generator": label, "dataset": r["dataset"], "id": r["id"]}
+                                        for r in data[lang]])
+        atomic_write_text(out / lang / (file_name + ".hash"), key + "\n")
     return paths
 
 

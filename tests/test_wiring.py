@@ -363,6 +363,16 @@ def test_eval_decoding_settings_arrive(recording_backend, tmp_path):
     langs = ["en"] * 2 + ["de"] * 2
     assert [g["seeds"][0] for g in gens] == [derive_seed(5, "eval", lang, i) for lang, i in zip(langs, ids)]
 
+    # eval.chunk: the languages share the calls, eval.chunk prompts each, in language then id order
+    CALLS.clear()
+    cfg, _ = load_config(None, ["languages=[en,de]", "eval.enabled=true", "eval.limit=2", "eval.max_tokens=5",
+                                "eval.seed=5", "eval.backend=recording", "eval.chunk=3"])
+    paths = generate_outputs(resolve_model("smollm2-135m-instruct"), "pi_ref", tmp_path / "shared", cfg, ["en", "de"])
+    gens = [c[2] for c in CALLS if c[0] == "generate"]
+    assert [len(g["seeds"]) for g in gens] == [3, 1]
+    assert [s for g in gens for s in g["seeds"]] == [derive_seed(5, "eval", lang, i) for lang, i in zip(langs, ids)]
+    assert [r["id"] for lang in ("en", "de") for r in read_json(paths[lang])] == ids
+
 
 # -- what each stage's hash covers ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("section,key,value,first", [
