@@ -29,6 +29,7 @@ from harness.data import (DEFAULT_REFERENCE, REFERENCE_LANGUAGES, eval_subset, i
 from harness.errors import HarnessError
 from harness.io import JsonlAppender, atomic_write_json, atomic_write_text, check_gzip, read_json, stable_hash
 from harness.models import ModelSpec, resolve_model
+from harness.timing import phase
 from harness.ui import progress
 
 MAX_UNPARSED = 0.5  # share of judge replies that may fail to parse before the evaluation stops
@@ -139,8 +140,8 @@ def generate_outputs(spec: ModelSpec, label: str, out: Path, cfg: RunConfig, lan
     wanted = set(ids)
     data = {lang: [r for r in load_xalpaca_instructions(lang, cfg.data_dir) if r["id"] in wanted] for lang in todo}
     items = [(lang, r) for lang in todo for r in data[lang]]
-    with load_backend(ec.backend or cfg.backend.sample, spec, threads=cfg.backend.threads, dtype=ec.dtype,
-                      **cfg.backend.options) as be, progress() as bar:
+    with phase("generate"), load_backend(ec.backend or cfg.backend.sample, spec, threads=cfg.backend.threads,
+                                         dtype=ec.dtype, **cfg.backend.options) as be, progress() as bar:
         task = bar.add_task(f"eval {label} {' '.join(todo)}: generate", total=len(items))
         outputs = _generate(be, items, out / (file_name.replace(".json", "") + ".generations.jsonl"), cfg, bar, task)
     for lang in todo:
@@ -237,7 +238,7 @@ def evaluate_model(spec: ModelSpec | None, label: str, out: Path, cfg: RunConfig
         for lang in langs:
             rows = read_json(model_paths[lang])
             ref_out, ref_gen, ref_src = refs[lang]
-            with progress() as bar:
+            with phase("judge"), progress() as bar:
                 task = bar.add_task(f"eval {label} {lang}: judge", total=len(rows))
                 prefs = judge.judge([r["instruction"] for r in rows], [ref_out[r["id"]] for r in rows],
                                     [r["output"] for r in rows], cache, lambda k: bar.advance(task, k))

@@ -71,6 +71,6 @@ def phase(name: str) -> Iterator[None]:
 
 def fmt_split(split: dict[str, float]) -> str:
     """"load 3.1 · compute 80.2 · write 1.0" (phases that took under 0.05 s left out)."""
-    order = ["load", "reference", "compute", "write"]
+    order = ["load", "reference", "generate", "judge", "compute", "write"]
     keys = sorted(split, key=lambda k: (order.index(k) if k in order else len(order), k))
     return " · ".join(f"{k} {split[k]:.1f}" for k in keys if split[k] >= 0.05)
