@@ -151,21 +151,17 @@ class LocalLogprobJudge(Judge):
         return self._backend
 
     def _preferences(self, df) -> list[float]:
-        import torch
         from alpaca_eval.completion_parsers import logprob_parser
         from alpaca_eval.utils import make_prompts, prompt_to_chatml
 
         be = self.backend
         prompts, _ = make_prompts(df, alpaca_eval_template(self.multilingual))
+        ids = [be.tokenizer(be.tokenizer.apply_chat_template(prompt_to_chatml(p), add_generation_prompt=True,
+                                                             tokenize=False), add_special_tokens=False)["input_ids"]
+               for p in prompts]
         out = []
-        for prompt in prompts:
-            text = be.tokenizer.apply_chat_template(prompt_to_chatml(prompt), add_generation_prompt=True,
-                                                    tokenize=False)
-            ids = be.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-            with torch.no_grad():
-                logits = be.model(input_ids=ids, logits_to_keep=1).logits[0, -1].float()
-            logp = torch.log_softmax(logits, dim=-1)
-            top = torch.topk(logp, 5)
+        for logp in self._next_token_logprobs(ids):
+            top = logp.topk(5)
             top_logprobs = [{"token": be.tokenizer.decode([int(t)]), "logprob": float(v)}
                             for v, t in zip(top.values, top.indices)]
             completion = {"logprobs": {"content": [{"token": top_logprobs[0]["token"],
@@ -176,6 +172,29 @@ class LocalLogprobJudge(Judge):
             out.append(pref if pref is not None and not (isinstance(pref, float) and math.isnan(pref))
                        else float("nan"))
         return out
+
+    def _next_token_logprobs(self, ids: list[list[int]]):
+        """log-softmax of the next token after each prompt, in float32. The judge template's opening is the same for
+        every prompt: it runs once, and each prompt continues from its key/value cache (cut back after each), which
+        gives what a whole forward gives up to float rounding (tests/test_eval.py)."""
+        import os
+
+        import torch
+
+        model = self.backend.model
+        shared = min(len(os.path.commonprefix(ids)), min(map(len, ids)) - 1) if len(ids) > 1 else 0
+        cache = None
+        with torch.no_grad():
+            if shared > 0:
+                cache = model(input_ids=torch.tensor([ids[0][:shared]]), use_cache=True).past_key_values
+            for x in ids:
+                if cache is None:
+                    logits = model(input_ids=torch.tensor([x]), logits_to_keep=1).logits
+                else:
+                    logits = model(input_ids=torch.tensor([x[shared:]]), past_key_values=cache, use_cache=True,
+                                   logits_to_keep=1).logits
+                    cache.crop(shared)
+                yield torch.log_softmax(logits[0, -1].float(), dim=-1)
 
     def close(self) -> None:
         if self._backend is not None:

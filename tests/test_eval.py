@@ -334,3 +334,36 @@ def test_unreachable_endpoint_is_one_line(tmp_path):
     r = run_cli("eval", "m", "--endpoint", f"http://127.0.0.1:{port}/v1", "--runs-dir", str(tmp_path))
     assert_one_line_error(r, f"--endpoint http://127.0.0.1:{port}/v1: no OpenAI-compatible server answers")
     assert not tmp_path.joinpath("eval-m").exists()
+
+
+@pytest.mark.model
+def test_local_judge_shares_the_template_opening_and_reads_what_a_whole_forward_reads():
+    """The local judge runs the prompts' common opening once and continues each prompt from its cache: the next-token
+    log-probs equal those of whole forwards (float32 rounding), and so do the preferences."""
+    import pandas as pd
+
+    from harness.judges import local_logprob
+
+    judge = local_logprob(model="smollm2-135m-instruct", threads=2)
+    df = pd.DataFrame({"instruction": ["Name a primary colour.", "¿Cuánto es 2 + 2?", "Give a synonym of big."],
+                       "output_1": ["Red.", "4", "Large."], "output_2": ["Blue is one.", "Cuatro.", "Small."]})
+    from alpaca_eval.utils import make_prompts, prompt_to_chatml
+
+    from harness.judges import alpaca_eval_template
+
+    tok = judge.backend.tokenizer
+    prompts, _ = make_prompts(df, alpaca_eval_template(False))
+    ids = [tok(tok.apply_chat_template(prompt_to_chatml(p), add_generation_prompt=True, tokenize=False),
+               add_special_tokens=False)["input_ids"] for p in prompts]
+    shared = os.path.commonprefix(ids)
+    assert len(shared) > 100  # the template's opening
+    cached = list(judge._next_token_logprobs(ids))
+    whole = [next(judge._next_token_logprobs([x])) for x in ids]  # one prompt: no sharing
+    diff = max(float((a - b).abs().max()) for a, b in zip(cached, whole))
+    print(f"\n{len(shared)} shared tokens of {[len(x) for x in ids]}; max |log-prob diff| {diff:.2e}")
+    assert diff < 1e-4
+    assert all(int(a.argmax()) == int(b.argmax()) for a, b in zip(cached, whole))
+    prefs = judge._preferences(df)
+    judge._next_token_logprobs = lambda xs: (next(type(judge)._next_token_logprobs(judge, [x])) for x in xs)
+    assert prefs == pytest.approx(judge._preferences(df), abs=1e-4, nan_ok=True)
+    judge.close()
