@@ -161,13 +161,20 @@ def _options_of(cfg, strategy: str) -> dict:
 def _run_one(cfg, args: argparse.Namespace, runs_dir: Path, share: bool = False, after: bool = True) -> int:
     from harness.pipeline import Pipeline
 
+    throughput = None
+    if args.throughput:
+        if not args.dry_run:
+            raise HarnessError("--throughput estimates a plan: use it with --dry-run")
+        from harness.estimate import load_throughput
+
+        throughput = load_throughput(args.throughput)
     pipe = Pipeline(cfg, runs_dir, offline_plan=args.dry_run, share=share)
     tasks = pipe.plan()
     if args.force:
         pipe.apply_force(args.force)
     notes = pipe.preflight(strict=not args.dry_run)
     if args.dry_run:
-        _print_plan(pipe, tasks, notes)
+        _print_plan(pipe, tasks, notes, throughput)
         return 0
     _setup_logging(args.debug, pipe.layout.log)
     logging.getLogger("harness").info("run %s -> %s (%d stages, %d to do)", cfg.run_name, pipe.layout.root,
@@ -233,18 +240,40 @@ def _plan_counts(pipe, t) -> str:
     return f"{src}, ~{steps} optimizer steps ({tc.method}, {tc.precision}, batch {per_step}{where})"
 
 
-def _print_plan(pipe, tasks, notes: list[str]) -> None:
+def _print_plan(pipe, tasks, notes: list[str], throughput=None) -> None:
     from rich.table import Table
 
     from harness.ui import console
 
     cfg = pipe.cfg
     table = Table(title=f"plan: {cfg.run_name} -> {pipe.layout.root}")
-    for col in ("stage", "status", "work", "hash"):
+    for col in ("stage", "status", "work", "hash") + (("estimate",) if throughput else ()):
         table.add_column(col)
+    total, unknown = 0.0, []
     for t in tasks:
-        table.add_row(t.label, t.status, _plan_counts(pipe, t), t.hash)
+        row = [t.label, t.status, _plan_counts(pipe, t), t.hash]
+        if throughput:
+            from harness.estimate import fmt_seconds, stage_estimate
+
+            secs, what = stage_estimate(pipe, t, throughput)
+            if t.status == "skip":
+                row.append("done")
+            else:
+                row.append(f"{fmt_seconds(secs)}{f' ({what})' if what else ''}")
+                total += secs or 0.0
+                unknown += [t.label] if secs is None or "not estimated" in what else []
+        table.add_row(*row)
     console.print(table)
+    if throughput:
+        from harness.estimate import fmt_seconds
+
+        console.print(f"estimated time of what is left: about {fmt_seconds(total)} at the tokens/s of "
+                      f"{throughput.source} (sample {throughput.sample:,.0f}, score {throughput.score:,.0f}, train "
+                      f"{throughput.train:,.0f} per engine or process); rough: every response at max_tokens; prompt "
+                      f"tokens, model loads and engine starts not counted{'; not estimated: ' + ', '.join(unknown) if unknown else ''}")
+        if throughput.model and throughput.model != pipe.reference.name:
+            console.print(f"[yellow]the throughputs were measured on {throughput.model}, this run uses "
+                          f"{pipe.reference.name}:[/yellow] tokens/s scale roughly with 1 / parameters")
     console.print(f"models: pi_ref = {pipe.reference.name} ({pipe.reference.source}: {pipe.reference.path}); "
                   f"pi_0 = {pipe.given_pi0.name if pipe.given_pi0 else 'stage 0 (English DPO of pi_ref)'}; "
                   f"strategy = {cfg.strategy}; languages = {' '.join(cfg.languages)}; iterations = {cfg.iterations}")
@@ -520,6 +549,8 @@ def build_parser() -> argparse.ArgumentParser:
     def run_args(sp):
         sp.add_argument("overrides", nargs="*", help="section.key=value overrides (values parsed as YAML)")
         sp.add_argument("--dry-run", action="store_true", help="print the plan with counts; load no model")
+        sp.add_argument("--throughput", metavar="FILE", help="with --dry-run: estimate each stage's time from FILE's "
+                        "tokens/s (sample, score, train; `harness bench --save FILE` measures them)")
         sp.add_argument("--force", action="append", default=[], metavar="STAGE",
                         help="redo STAGE (or K:STAGE) and everything after it")
         sp.add_argument("--runs-dir", help="root of runs (default: $HARNESS_RUNS or ./runs)")

@@ -13,6 +13,16 @@ from conftest import assert_one_line_error, run_cli
 
 # (id, argv, strings the error line must contain). {tmp} is a folder prepared by the `inputs` fixture.
 CASES = [
+    ("throughput-missing-key", ["run", "demo", "--dry-run", "--throughput", "{tmp}/tp-nokey.yaml"],
+     ["{tmp}/tp-nokey.yaml: 'train' is missing"]),
+    ("throughput-negative", ["run", "demo", "--dry-run", "--throughput", "{tmp}/tp-neg.yaml"],
+     ["{tmp}/tp-neg.yaml: 'score' must be a positive number", "-3"]),
+    ("throughput-unknown-key", ["run", "demo", "--dry-run", "--throughput", "{tmp}/tp-typo.yaml"],
+     ["{tmp}/tp-typo.yaml: unknown key 'sampel'"]),
+    ("throughput-missing-file", ["run", "demo", "--dry-run", "--throughput", "{tmp}/none.yaml"],
+     ["{tmp}/none.yaml: cannot read the throughput file"]),
+    ("throughput-without-dry-run", ["run", "demo", "--throughput", "{tmp}/tp-neg.yaml"],
+     ["--throughput estimates a plan: use it with --dry-run"]),
     ("replicas-0", ["run", "demo", "--dry-run", "backend.replicas=0"], ["backend.replicas must be >= 1"]),
     ("accelerate-config-unknown", ["run", "demo", "--dry-run", "train.accelerate.config_file=zero4"],
      ["train.accelerate.config_file", "ddp, fsdp, zero3", "zero4"]),
@@ -101,6 +111,9 @@ def inputs(tmp_path):
     (t / "broken.yaml").write_text("run_name: x\nsample: {n: [\n")
     (t / "on.yaml").write_text("run_name: on\n")
     (t / "list.yaml").write_text("- a\n- b\n")
+    (t / "tp-nokey.yaml").write_text("sample: 10\nscore: 20\n")
+    (t / "tp-neg.yaml").write_text("sample: 10\nscore: -3\ntrain: 5\n")
+    (t / "tp-typo.yaml").write_text("sampel: 10\nscore: 20\ntrain: 5\n")
     (t / "prefs.jsonl").write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n'
                                    '{"prompt": "a", "chosen": "b"}\n')
     (t / "fake.jsonl.gz").write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n')

@@ -45,6 +45,29 @@ def test_paper_preset_dry_run_plans_offline(tmp_path):
     assert not (tmp_path / "paper").exists() and not (tmp_path / "cache").exists()
 
 
+def test_dry_run_estimates_each_stage_from_given_throughputs(tmp_path):
+    """--throughput FILE: each stage's work over the tokens/s of one engine or process times their number (sampling
+    and scoring over backend.replicas, training over train.accelerate.num_processes), and the total left."""
+    tp = tmp_path / "tp.yaml"
+    tp.write_text("model: llama-3.1-8b-instruct\nsample: 2500\nscore: 10000\ntrain: 2000\njudge: 2\n")
+    r = run_cli("run", "paper", "--dry-run", "--throughput", str(tp), "--runs-dir", str(tmp_path),
+                "backend.replicas=4", env={"COLUMNS": "300", "HARNESS_CACHE": str(tmp_path / "cache"),
+                                           "OPENAI_API_KEY": ""})
+    assert r.returncode == 0, r.stderr
+    text = " ".join(r.stderr.split())
+    # 15,000 prompts x 10 samples x 2,400 tokens = 360 M new tokens over 4 engines at 2,500 tokens/s: 36,000 s
+    assert "10.0 h (360,000,000 new tokens / 4 engine(s))" in text
+    # policy + reference: 720 M tokens / (4 x 10,000) = 18,000 s; translate_en is not this run's strategy
+    assert "5.0 h (720,000,000 response tokens scored / 4 engine(s))" in text
+    # <= 15,000 pairs x 2 x 2,400 tokens, + a third for the reference pass, / (8 processes x 2,000) = 6,000 s
+    assert "1.7 h (72,000,000 tokens / 8 process(es))" in text
+    # 4,025 answers x 2,048 tokens / 2,500 + 4,025 API judgements / 2 per s = 3,297 + 2,012 s
+    assert "88 min (4025 answers + 4025 API judgements)" in text
+    assert "estimated time of what is left: about" in text and f"tokens/s of {tp}" in text
+    assert "measured on llama-3.1-8b-instruct, this run uses" in text
+    assert not (tmp_path / "paper").exists()
+
+
 def test_paper_preset_uses_the_authors_settings():
     from harness.config import load_config, preset_path
 
