@@ -522,8 +522,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         print_train(steps=args.repeats)
     else:
-        run_bench(args.backends, n_prompts=args.prompts, max_tokens=args.max_tokens, repeats=args.repeats,
-                  train=not args.no_train)
+        if args.save and args.no_train:
+            raise HarnessError("--save writes the train step's tokens/s too: leave out --no-train")
+        result = run_bench(args.backends, n_prompts=args.prompts, max_tokens=args.max_tokens, repeats=args.repeats,
+                           train=not args.no_train)
+        if args.save:
+            from harness.bench import save_throughput
+            from harness.ui import console
+
+            path = save_throughput(result, Path(args.save))
+            console.print(f"bench: wrote {path} (use: harness run CONFIG --dry-run --throughput {path})")
+            return 0
     from harness.ui import console
 
     console.print("bench: nothing was written")
@@ -608,6 +617,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--max-tokens", type=int, default=64)
     b.add_argument("--repeats", type=int, default=3, help="timed repeats per row (the median and spread are shown)")
     b.add_argument("--no-train", action="store_true", help="leave out the training row")
+    b.add_argument("--save", metavar="FILE", help="write the measured tokens/s to FILE, the throughput file of "
+                   "`harness run CONFIG --dry-run --throughput FILE`")
     b.add_argument("--debug", action="store_true")
     b.add_argument("--compare", action="store_true",
                    help="instead: time harness compare on 2 models x 5 languages x 805 instructions (no model)")

@@ -51,7 +51,7 @@ def load_throughput(path: str | Path) -> Throughput:
         raise HarnessError(f"not YAML or JSON: {str(e).splitlines()[0]}", path) from None
     if not isinstance(data, dict):
         raise HarnessError("a throughput file is a mapping: sample, score, train (tokens/s), judge, model", path)
-    unknown = sorted(set(data) - set(KEYS) - {"model", "measured", "machine", "parameters"})
+    unknown = sorted(set(data) - set(KEYS) - {"model", "measured", "machine"})
     if unknown:
         raise HarnessError(f"unknown key '{unknown[0]}' (known: model, {', '.join(KEYS)})", path)
     values = {}

@@ -21,6 +21,8 @@ CASES = [
      ["{tmp}/tp-typo.yaml: unknown key 'sampel'"]),
     ("throughput-missing-file", ["run", "demo", "--dry-run", "--throughput", "{tmp}/none.yaml"],
      ["{tmp}/none.yaml: cannot read the throughput file"]),
+    ("bench-save-without-train", ["bench", "--save", "{tmp}/tp.yaml", "--no-train"],
+     ["--save writes the train step's tokens/s too"]),
     ("throughput-without-dry-run", ["run", "demo", "--throughput", "{tmp}/tp-neg.yaml"],
      ["--throughput estimates a plan: use it with --dry-run"]),
     ("replicas-0", ["run", "demo", "--dry-run", "backend.replicas=0"], ["backend.replicas must be >= 1"]),

@@ -24,9 +24,9 @@ def test_uneven_workload_keeps_every_sample_and_adds_one_long_response_per_promp
         assert len(tok(long, add_special_tokens=False)["input_ids"]) >= 40
 
 
-def test_bench_prints_sampling_scoring_and_training_in_one_table():
+def test_bench_prints_sampling_scoring_and_training_in_one_table(tmp_path):
     r = run_cli("bench", "--backends", "transformers", "--prompts", "2", "--max-tokens", "8", "--repeats", "1",
-                env={"COLUMNS": "250"})
+                "--save", str(tmp_path / "tp.yaml"), env={"COLUMNS": "250"})
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout + r.stderr
     for row in ("transformers sampling", "transformers scoring", "reference scoring", "train step (DPO + NLL"):
@@ -38,4 +38,14 @@ def test_bench_prints_sampling_scoring_and_training_in_one_table():
     diff = float(re.search(r"agreement with float64, transformers: max \|diff\| (\S+) nats", out).group(1))
     assert diff < 1e-3
     assert "agreement with float64, the authors' scorer: max |diff|" in out
-    assert "bench: nothing was written" in out
+    # --save: the throughput file a dry run estimates from, with the figures of the table
+    from harness.estimate import load_throughput
+
+    tp = load_throughput(tmp_path / "tp.yaml")
+    cells = [[c.strip() for c in line.split("│")] for line in out.splitlines() if line.count("│") > 3]
+    table = {c[1]: float(c[2].replace(",", "")) for c in cells if c[2].replace(",", "").isdigit()}
+    assert tp.model == "smollm2-135m-instruct"
+    train_row = next(v for k, v in table.items() if k.startswith("train step"))
+    assert (round(tp.sample), round(tp.score), round(tp.train)) == (
+        table["transformers sampling"], table["transformers scoring"], train_row)
+    assert f"bench: wrote {tmp_path / 'tp.yaml'}" in " ".join(out.split())
