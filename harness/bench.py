@@ -256,21 +256,28 @@ def bench_compare(n_langs: int = 5, n: int = 805, n_boot: int = 2000, repeats: i
 
 
 def matmul_peak(dtype_name: str, n: int = 2048, seconds: float = 1.5) -> float:
-    """GFLOP/s of a square matmul in this process (the machine's practical peak for that dtype), after warm-up."""
+    """GFLOP/s of a square matmul in this process (the machine's practical peak for that dtype), after warm-up; on
+    the GPU where there is one (the backends and the train step run there too)."""
     import torch
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype_name]
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    a, b = torch.randn(n, n, device=device).to(dtype), torch.randn(n, n, device=device).to(dtype)
     for _ in range(2):
         a @ b
+    sync()
     iters, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         a @ b
         iters += 1
+        if iters % 50 == 0:  # a GPU queues the matmuls: wait for them now and then, so the clock sees them
+            sync()
+    sync()
     return 2 * n ** 3 * iters / (time.perf_counter() - t0) / 1e9
 
 
-def bench_train(steps: int = 3, batch_size: int = 8, precision: str = "bf16_cpu", max_length: int = 256,
+def bench_train(steps: int = 3, batch_size: int = 8, precision: str | None = None, max_length: int = 256,
                 compact_head: bool = True) -> dict:
     """DPO + NLL optimizer steps of the train stage itself (``harness.stages.train.build_trainer``) on the demo's
     stage-0 pairs: the median step time over ``steps`` after one warm-up step, tokens/s (prompt + chosen + rejected,
@@ -291,6 +298,7 @@ def bench_train(steps: int = 3, batch_size: int = 8, precision: str = "bf16_cpu"
                                       training_tokenizer)
 
     torch.set_num_threads(available_cores())
+    precision = precision or ("bf16" if torch.cuda.is_available() else "bf16_cpu")  # bf16 autocast
     spec = resolve_model("smollm2-135m-instruct")
     path = spec.local_path()
     tok, eot = training_tokenizer(spec)

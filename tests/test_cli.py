@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from conftest import run_cli
+from conftest import REPO, run_cli
 
 
 def test_help_and_ls_import_no_heavy_library():
@@ -98,3 +98,11 @@ def test_malformed_prompt_file_is_named(tmp_path):
     (d / "es.jsonl").write_text('{"id": "a", "prompt": "A", "prompt_en": "A"}\n')
     r = run_cli("run", "demo", f"prompts.source={d}", "languages=[en,es]", "--dry-run", "--runs-dir", str(tmp_path))
     assert r.returncode == 2 and f"{d / 'en.jsonl'}:2: malformed JSON line" in r.stderr
+
+
+@pytest.mark.skipif(__import__("shutil").which("nvidia-smi") is not None, reason="a GPU machine runs the whole check")
+def test_gpu_check_script_says_why_it_is_skipped():
+    """tests/gpu/check.sh (the GPU check of issue 14) exits 0 on a machine without a GPU, saying why it skipped."""
+    r = subprocess.run(["bash", str(REPO / "tests" / "gpu" / "check.sh")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "tests/gpu/check.sh: skipped: no NVIDIA GPU on this machine (nvidia-smi finds none)"
