@@ -205,16 +205,37 @@ class TransformersBackend(Backend):
         self._score_packed(seqs, single, results)
         return results  # type: ignore[return-value]
 
-    def _response_logps(self, head, h, target: list[int]) -> list[float]:
-        """log p(target[k]) from hidden states ``h[k]``, the [tokens, vocab] block bounded to 256 rows at a time."""
+    def _response_logps(self, head, hidden, spans: list[tuple[int, int, int]], targets: list[list[int]]) -> list:
+        """log p(target) of every response at once: ``spans[k]`` = (batch row, first, last + 1) of response k's
+        predicting positions in ``hidden`` and ``targets[k]`` its tokens. The positions of all responses go through
+        the LM head together, 256 rows of [rows, vocab] at a time."""
         import torch
 
-        target_t = torch.tensor(target, device=self.device)
+        h = torch.cat([hidden[b, i:j] for b, i, j in spans])
+        target_t = torch.tensor([t for ts in targets for t in ts], device=self.device)
         lp = []
         for c in range(0, h.shape[0], 256):
             logits = head(h[c:c + 256]).float()
             lp.append(logits.gather(1, target_t[c:c + 256, None])[:, 0] - torch.logsumexp(logits, dim=-1))
-        return torch.cat(lp).double().tolist() if lp else []
+        flat = torch.cat(lp).double().tolist() if lp else []
+        out, k = [], 0
+        for ts in targets:
+            out.append(flat[k:k + len(ts)])
+            k += len(ts)
+        return out
+
+    @staticmethod
+    def _padded(rows: list[list[int]]):
+        """(ids, attention mask): ``rows`` right-padded with zeros to the longest."""
+        import torch
+
+        width = max(map(len, rows))
+        ids = torch.zeros((len(rows), width), dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for b, r in enumerate(rows):
+            ids[b, :len(r)] = torch.tensor(r)
+            mask[b, :len(r)] = 1
+        return ids, mask
 
     def _score_packed(self, seqs, indices: list[int], results: list) -> None:
         """Whole sequences, sorted by length and packed into batches under the token budget."""
@@ -231,18 +252,14 @@ class TransformersBackend(Backend):
                    and len(seqs[order[end]][0]) * (end - start + 1) <= self.score_token_budget):
                 end += 1
             batch = [seqs[i] for i in order[start:end]]
-            width = max(len(ids) for ids, _ in batch)
-            input_ids = torch.zeros((len(batch), width), dtype=torch.long)
-            attn = torch.zeros((len(batch), width), dtype=torch.long)
-            for b, (ids, _) in enumerate(batch):
-                input_ids[b, : len(ids)] = torch.tensor(ids)
-                attn[b, : len(ids)] = 1
+            input_ids, attn = self._padded([ids for ids, _ in batch])
             with torch.no_grad():
                 hidden = body(input_ids=input_ids.to(self.device), attention_mask=attn.to(self.device)).last_hidden_state
-                for b, (ids, plen) in enumerate(batch):
-                    # position k predicts token k+1: response tokens are ids[plen:], predicted from plen-1 .. len-2
-                    results[order[start + b]] = self._response_logps(head, hidden[b, plen - 1: len(ids) - 1],
-                                                                     ids[plen:])
+                # position k predicts token k+1: response tokens are ids[plen:], predicted from plen-1 .. len-2
+                lps = self._response_logps(head, hidden, [(b, plen - 1, len(ids) - 1) for b, (ids, plen) in
+                                                          enumerate(batch)], [ids[plen:] for ids, plen in batch])
+            for i, lp in zip(order[start:end], lps):
+                results[i] = lp
             start = end
 
     def _score_shared(self, seqs, groups: list[list[int]], results: list) -> None:
@@ -269,22 +286,11 @@ class TransformersBackend(Backend):
             gs = order[start:end]
             start = end
             plens = [seqs[g[0]][1] - 1 for g in gs]  # prefix = prompt without its last token
-            P = max(plens)
-            prefix = torch.zeros((len(gs), P), dtype=torch.long)
-            pmask = torch.zeros((len(gs), P), dtype=torch.long)
-            for b, (g, n) in enumerate(zip(gs, plens)):
-                prefix[b, :n] = torch.tensor(seqs[g[0]][0][:n])
-                pmask[b, :n] = 1
+            prefix, pmask = self._padded([seqs[g[0]][0][:n] for g, n in zip(gs, plens)])
             rows = [(b, i) for b, g in enumerate(gs) for i in g]
-            S = max(len(seqs[i][0]) - plens[b] for b, i in rows)
-            suffix = torch.zeros((len(rows), S), dtype=torch.long)
-            smask = torch.zeros((len(rows), S), dtype=torch.long)
-            for r, (b, i) in enumerate(rows):
-                tail = seqs[i][0][plens[b]:]
-                suffix[r, :len(tail)] = torch.tensor(tail)
-                smask[r, :len(tail)] = 1
+            suffix, smask = self._padded([seqs[i][0][plens[b]:] for b, i in rows])
             of_row = torch.tensor([b for b, _ in rows])
-            positions = torch.tensor(plens)[of_row, None] + torch.arange(S)[None, :]
+            positions = torch.tensor(plens)[of_row, None] + torch.arange(suffix.shape[1])[None, :]
             with torch.no_grad():
                 cache = body(input_ids=prefix.to(self.device), attention_mask=pmask.to(self.device),
                              use_cache=True).past_key_values
@@ -293,10 +299,11 @@ class TransformersBackend(Backend):
                               attention_mask=torch.cat([pmask[of_row], smask], dim=1).to(self.device),
                               position_ids=positions.to(self.device), past_key_values=cache,
                               use_cache=False).last_hidden_state
-                for r, (b, i) in enumerate(rows):
-                    ids, plen = seqs[i]
-                    # suffix position k holds token plen-1+k and predicts token plen+k
-                    results[i] = self._response_logps(head, hidden[r, : len(ids) - plen], ids[plen:])
+                # suffix position k holds token plen-1+k and predicts token plen+k
+                lps = self._response_logps(head, hidden, [(r, 0, len(seqs[i][0]) - seqs[i][1]) for r, (_, i) in
+                                                          enumerate(rows)], [seqs[i][0][seqs[i][1]:] for _, i in rows])
+            for (_, i), lp in zip(rows, lps):
+                results[i] = lp
 
 
 def _cut_stop(text: str, stops: Sequence[str]) -> str:
