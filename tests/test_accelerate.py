@@ -111,3 +111,8 @@ def test_two_processes_match_one_with_the_same_global_batch(runs):
     assert worst < 1e-4, worst
     assert m1["param_change_l2"] > 0 and m2["param_change_l2"] == pytest.approx(m1["param_change_l2"], rel=1e-4)
     print(f"\n2 processes vs 1: losses {l1} vs {l2}; weights max |diff| {worst:.2e}")
+    # where the launched stage's time went: the main process's own phases, and the launch around them
+    split = read_json(stage / "_done.json")["time"]
+    print(f"time split of the launched stage: {split}")
+    assert {"launch", "load", "reference", "compute", "write"} <= set(split) and split["launch"] > 0
+    assert sum(split.values()) == pytest.approx(read_json(stage / "_done.json")["seconds"], abs=0.5)

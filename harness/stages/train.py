@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import shutil
 import sys
 import time
@@ -298,7 +299,11 @@ def run(ctx: StageContext) -> dict:
     from harness.ui import progress
 
     tc = ctx.cfg.train_for(ctx.iteration)
-    torch.set_num_threads(ctx.cfg.backend.threads or available_cores())
+    threads = ctx.cfg.backend.threads or available_cores()
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # set by accelerate launch / torchrun
+    if local_processes > 1 and not torch.cuda.is_available():
+        threads = max(1, threads // local_processes)  # the CPU processes of one machine share its cores
+    torch.set_num_threads(threads)
     spec = ctx.policy
     path = spec.local_path()
     tok, eot = training_tokenizer(spec)
