@@ -245,6 +245,8 @@ def _print_plan(pipe, tasks, notes: list[str], throughput=None) -> None:
 
     from harness.ui import console
 
+    from harness.estimate import fmt_seconds, stage_estimate
+
     cfg = pipe.cfg
     table = Table(title=f"plan: {cfg.run_name} -> {pipe.layout.root}")
     for col in ("stage", "status", "work", "hash") + (("estimate",) if throughput else ()):
@@ -252,21 +254,16 @@ def _print_plan(pipe, tasks, notes: list[str], throughput=None) -> None:
     total, unknown = 0.0, []
     for t in tasks:
         row = [t.label, t.status, _plan_counts(pipe, t), t.hash]
-        if throughput:
-            from harness.estimate import fmt_seconds, stage_estimate
-
-            secs, what = stage_estimate(pipe, t, throughput)
-            if t.status == "skip":
-                row.append("done")
-            else:
-                row.append(f"{fmt_seconds(secs)}{f' ({what})' if what else ''}")
-                total += secs or 0.0
-                unknown += [t.label] if secs is None or "not estimated" in what else []
+        if throughput and t.status == "skip":
+            row.append("done")
+        elif throughput:
+            secs, what, complete = stage_estimate(pipe, t, throughput)
+            row.append(f"{fmt_seconds(secs)}{f' ({what})' if what else ''}")
+            total += secs or 0.0
+            unknown += [] if complete else [t.label]
         table.add_row(*row)
     console.print(table)
     if throughput:
-        from harness.estimate import fmt_seconds
-
         console.print(f"estimated time of what is left: about {fmt_seconds(total)} at the tokens/s of "
                       f"{throughput.source} (sample {throughput.sample:,.0f}, score {throughput.score:,.0f}, train "
                       f"{throughput.train:,.0f} per engine or process); rough: every response at max_tokens; prompt "
@@ -513,6 +510,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         except HarnessError as e:
             raise HarnessError(f"--backends: {e.message}") from None
 
+    wrote = "nothing was written"
     if args.compare:
         from harness.bench import bench_compare
 
@@ -528,14 +526,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
                            train=not args.no_train)
         if args.save:
             from harness.bench import save_throughput
-            from harness.ui import console
 
             path = save_throughput(result, Path(args.save))
-            console.print(f"bench: wrote {path} (use: harness run CONFIG --dry-run --throughput {path})")
-            return 0
+            wrote = f"wrote {path} (use: harness run CONFIG --dry-run --throughput {path})"
     from harness.ui import console
 
-    console.print("bench: nothing was written")
+    console.print(f"bench: {wrote}")
     return 0
 
 

@@ -65,8 +65,9 @@ def load_throughput(path: str | Path) -> Throughput:
     return Throughput(**values, model=data.get("model"), source=str(path))
 
 
-def stage_estimate(pipe, t, tp: Throughput) -> tuple[float | None, str]:
-    """(seconds or None, what they cover) of task ``t`` of ``pipe`` at the throughputs ``tp``."""
+def stage_estimate(pipe, t, tp: Throughput) -> tuple[float | None, str, bool]:
+    """(seconds or None, what they cover, whether they cover the whole stage) of task ``t`` of ``pipe`` at the
+    throughputs ``tp``."""
     cfg = pipe.cfg.for_iteration(t.iteration) if t.iteration >= 1 else pipe.cfg
     replicas = cfg.backend.replicas
     if t.stage == "eval":
@@ -77,23 +78,23 @@ def stage_estimate(pipe, t, tp: Throughput) -> tuple[float | None, str]:
         seconds = n * ec.max_tokens / tp.sample
         if ec.judge.startswith("local"):
             seconds += n * (JUDGE_TEMPLATE_TOKENS + 2 * ec.max_tokens) / tp.score
-            return seconds, f"{n} answers + {n} local judgements"
+            return seconds, f"{n} answers + {n} local judgements", True
         if tp.judge is None:
-            return seconds, f"{n} answers; the API judge not estimated (no 'judge' rate)"
-        return seconds + n / tp.judge, f"{n} answers + {n} API judgements"
+            return seconds, f"{n} answers; the API judge not estimated (no 'judge' rate)", False
+        return seconds + n / tp.judge, f"{n} answers + {n} API judgements", True
     if t.stage == "pairs":
-        return 0.0, ""
+        return 0.0, "", True
     n_prompts = pipe.prompts(t.iteration)[1] if t.iteration >= 1 else 0
     samples = n_prompts * len(pipe.strategy.sample_languages(cfg.languages)) * cfg.sample.n
     if t.stage == "sample":
         tokens = samples * cfg.sample.max_tokens
-        return tokens / (tp.sample * replicas), f"{tokens:,} new tokens / {replicas} engine(s)"
+        return tokens / (tp.sample * replicas), f"{tokens:,} new tokens / {replicas} engine(s)", True
     if t.stage == "reward":
         tokens = 2 * samples * cfg.sample.max_tokens
         seconds = tokens / (tp.score * replicas)
         if pipe.strategy.translate:
             seconds += samples * cfg.reward.translate_max_tokens / tp.sample
-        return seconds, f"{tokens:,} response tokens scored / {replicas} engine(s)"
+        return seconds, f"{tokens:,} response tokens scored / {replicas} engine(s)", True
     if t.stage == "train":
         tc = cfg.train_for(t.iteration)
         if t.iteration == 0:
@@ -108,8 +109,8 @@ def stage_estimate(pipe, t, tp: Throughput) -> tuple[float | None, str]:
             tokens = pairs_n * 2 * min(tc.max_length, cfg.sample.max_tokens)
         procs = max(tc.accelerate.num_processes, 1)
         return (tokens * tc.epochs * (1 + 1 / 3) / (tp.train * procs),
-                f"{int(tokens * tc.epochs):,} tokens / {procs} process(es)")
-    return None, "a strategy's own stage: not estimated"
+                f"{int(tokens * tc.epochs):,} tokens / {procs} process(es)", True)
+    return None, "a strategy's own stage: not estimated", False
 
 
 def fmt_seconds(s: float | None) -> str:
