@@ -329,7 +329,7 @@ class Pipeline:
 
             tc = self.cfg.train_for(t.iteration)
             if uses_accelerate(tc):
-                cmd = launch_command(tc, self.layout.root, t.iteration)
+                cmd = launch_command(tc, self.layout.root, t.iteration, pick_port=True)
                 env = dict(os.environ)
                 if not _has_gpu():  # without it, each CPU process trains alone instead of joining one gloo job
                     env["ACCELERATE_USE_CPU"] = "true"

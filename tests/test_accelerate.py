@@ -18,9 +18,8 @@ pytestmark = pytest.mark.model
 TRAIN = ["iterations=0", "stage0.limit=8", "train.warmup_ratio=0.0", "train.precision=fp32", "train.max_length=96"]
 
 
-def two_processes(port: int) -> list[str]:
-    return ["train.batch_size=2", "train.accelerate.num_processes=2", "train.accelerate.config_file=ddp",
-            f"train.accelerate.extra_args=[--main_process_port, '{port}']"]
+# no port given: each launch picks a free one (a fixed port failed CI once when something else held it)
+TWO = ["train.batch_size=2", "train.accelerate.num_processes=2", "train.accelerate.config_file=ddp"]
 
 
 def _tensors(folder):
@@ -43,7 +42,7 @@ def runs(tmp_path_factory):
     one = run_cli("run", str(cfg), "--runs-dir", str(root / "one"), *TRAIN, "train.batch_size=4")
     assert one.returncode == 0, one.stderr[-3000:]
     argv = [sys.executable, "-m", "harness", "run", str(cfg), "--runs-dir", str(root / "two"), *TRAIN,
-            *two_processes(29541)]
+            *TWO]
     proc = subprocess.Popen(argv, cwd=REPO, env=dict(os.environ, CI="1"), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline, victim = time.time() + 600, None
@@ -53,7 +52,11 @@ def runs(tmp_path_factory):
             victim = max(workers, key=lambda w: w.environ().get("LOCAL_RANK", "0"))  # rank 1, while training
             break
         time.sleep(0.5)
-    assert victim is not None, "the two training processes never appeared"
+    if victim is None:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        _, err = proc.communicate()
+        raise AssertionError(f"the two training processes never appeared (run exit {proc.returncode}): {err[-3000:]}")
     victim.send_signal(signal.SIGKILL)
     try:
         _, killed_err = proc.communicate(timeout=300)
@@ -61,7 +64,7 @@ def runs(tmp_path_factory):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode != 0
-    rerun = run_cli("run", str(cfg), "--runs-dir", str(root / "two"), *TRAIN, *two_processes(29541))
+    rerun = run_cli("run", str(cfg), "--runs-dir", str(root / "two"), *TRAIN, *TWO)
     yield root, cfg, killed_err, rerun
     shutil.rmtree(root, ignore_errors=True)
 
@@ -86,8 +89,9 @@ def test_a_killed_worker_ends_the_stage_with_one_line_and_the_rerun_resumes(runs
     run = root / "two/tiny"
     assert (run / "iter_0/train/_done.json").is_file() and not (run / "iter_0/train.partial").exists()
     assert "launching:" in rerun.stderr and "accelerate.commands.launch" in rerun.stderr
+    assert "--main_process_port" in rerun.stderr  # picked, none was given
     # the stage contract: one more rerun skips it
-    again = run_cli("run", str(cfg), "--runs-dir", str(root / "two"), *TRAIN, *two_processes(29541))
+    again = run_cli("run", str(cfg), "--runs-dir", str(root / "two"), *TRAIN, *TWO)
     assert again.returncode == 0 and "skipped (done)" in again.stderr
 
 

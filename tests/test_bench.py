@@ -46,6 +46,9 @@ def test_bench_prints_sampling_scoring_and_training_in_one_table(tmp_path):
     table = {c[1]: float(c[2].replace(",", "")) for c in cells if c[2].replace(",", "").isdigit()}
     assert tp.model == "smollm2-135m-instruct"
     train_row = next(v for k, v in table.items() if k.startswith("train step"))
-    assert (round(tp.sample), round(tp.score), round(tp.train)) == (
-        table["transformers sampling"], table["transformers scoring"], train_row)
+    # the file keeps one decimal, the table none: 138.54 is saved as 138.5 and shown as 139, so compare within the
+    # two roundings (0.5 + 0.05), not by rounding the saved value again (round(138.5) == 138)
+    for saved, shown in ((tp.sample, table["transformers sampling"]), (tp.score, table["transformers scoring"]),
+                         (tp.train, train_row)):
+        assert abs(saved - shown) <= 0.55, (saved, shown)
     assert f"bench: wrote {tmp_path / 'tp.yaml'}" in " ".join(out.split())

@@ -106,6 +106,34 @@ def test_accelerate_launch_command_is_built_and_parsed(tmp_path):
     assert not uses_accelerate(cfg1.train)
 
 
+def test_accelerate_launch_picks_a_free_port_only_on_one_machine_without_one(tmp_path):
+    import socket
+
+    from accelerate.commands.launch import launch_command_parser
+
+    from harness.stages.train import launch_command
+
+    def port(overrides, pick=True):
+        cfg, _ = load_config(None, ["train.accelerate.num_processes=2", *overrides])
+        args = launch_command_parser().parse_args(launch_command(cfg.train, tmp_path, 1, pick_port=pick)[3:])
+        return args.main_process_port
+
+    picked = port([])
+    assert picked and picked != 29500
+    with socket.socket() as s:  # free when picked: it binds
+        s.bind(("127.0.0.1", picked))
+    assert port([], pick=False) is None  # the bare command (what --dry-run prints) stays as configured
+    assert port(["train.accelerate.extra_args=[--main_process_port, '29611']"]) == 29611
+    assert port(["train.accelerate.extra_args=['--main_process_port=29612']"]) == 29612
+    assert port(["train.accelerate.extra_args=[--num_machines, '2']"]) is None  # nodes must agree: the user's
+    two_nodes = tmp_path / "two_nodes.yaml"
+    two_nodes.write_text("distributed_type: MULTI_GPU\nnum_machines: 2\n")
+    assert port([f"train.accelerate.config_file={two_nodes}"]) is None
+    with_port = tmp_path / "with_port.yaml"
+    with_port.write_text("distributed_type: MULTI_GPU\nmain_process_port: 29613\n")
+    assert port([f"train.accelerate.config_file={with_port}"]) is None  # accelerate reads it from the file
+
+
 def test_dpo_config_fields_exist_in_installed_trl():
     from harness.stages.train import check_dpo_kwargs, dpo_kwargs
 

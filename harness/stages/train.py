@@ -35,16 +35,37 @@ def uses_accelerate(tc: TrainConfig) -> bool:
     return tc.accelerate.num_processes > 1 or tc.accelerate.config_file is not None
 
 
-def launch_command(tc: TrainConfig, run_dir: Path, iteration: int) -> list[str]:
-    """The `accelerate launch` command that runs this stage on several processes (DeepSpeed/FSDP via config)."""
+def launch_command(tc: TrainConfig, run_dir: Path, iteration: int, pick_port: bool = False) -> list[str]:
+    """The `accelerate launch` command that runs this stage on several processes (DeepSpeed/FSDP via config).
+
+    ``pick_port``: on one machine, when neither extra_args nor the config file names a port, rendezvous on a free
+    port instead of accelerate's fixed 29500, which a second run (or any other job) on the same node may hold;
+    accelerate then refuses to start. Several machines must agree on a port, so there the user's choice stands."""
     from harness.config import accelerate_config_path
 
     cmd = [sys.executable, "-m", "accelerate.commands.launch"]
+    file_cfg: dict = {}
     if tc.accelerate.config_file:
-        cmd += ["--config_file", str(accelerate_config_path(str(tc.accelerate.config_file)))]
-    cmd += ["--num_processes", str(tc.accelerate.num_processes), *map(str, tc.accelerate.extra_args),
-            "-m", "harness.stages", str(run_dir), str(iteration), "train"]
-    return cmd
+        path = accelerate_config_path(str(tc.accelerate.config_file))
+        cmd += ["--config_file", str(path)]
+        import yaml
+
+        file_cfg = yaml.safe_load(path.read_text()) or {}
+    extra = [str(a) for a in tc.accelerate.extra_args]
+    cmd += ["--num_processes", str(tc.accelerate.num_processes), *extra]
+    flags = {a.split("=")[0] for a in extra}
+    one_machine = int(file_cfg.get("num_machines") or 1) == 1 and "--num_machines" not in flags
+    if pick_port and one_machine and "--main_process_port" not in flags and "main_process_port" not in file_cfg:
+        cmd += ["--main_process_port", str(_free_port())]
+    return cmd + ["-m", "harness.stages", str(run_dir), str(iteration), "train"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 # Where every `train.*` setting arrives: config field -> the trainer attribute it sets (trl.DPOConfig unless
