@@ -52,6 +52,13 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def threads_per_process(threads: int | None, processes: int = 1) -> int:
+    """CPU threads for one of ``processes`` processes that share this machine (replicas, or accelerate's training
+    processes): ``backend.threads`` when set (it is per process), else an even share of the cores. Without the
+    share, N processes of all cores each oversubscribe the machine N times (2 gloo trainers on 2 cores: 4x slower)."""
+    return threads or max(1, available_cores() // max(1, processes))
+
+
 class Backend:
     """Common part: tokenizer, chat template, scored ids."""
 
@@ -63,7 +70,7 @@ class Backend:
         self.spec = spec
         self.path = spec.local_path()
         self.dtype = dtype or spec.dtype
-        self.threads = threads or available_cores()
+        self.threads = threads_per_process(threads)
         self.options = options
         self.tokenizer = AutoTokenizer.from_pretrained(self.path, trust_remote_code=spec.trust_remote_code)
         self.eot = spec.eot or self.tokenizer.eos_token

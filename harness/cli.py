@@ -194,41 +194,33 @@ def _run_one(cfg, args: argparse.Namespace, runs_dir: Path, share: bool = False,
     return 0
 
 
-def _plan_counts(pipe, t) -> str:
-    cfg = pipe.cfg.for_iteration(t.iteration) if t.iteration >= 1 else pipe.cfg
-    n_prompts = pipe.prompts(t.iteration)[1] if t.iteration >= 1 else 0
-    langs = len(pipe.strategy.sample_languages(cfg.languages))
-    pair_langs = len(pipe.strategy.pair_languages(cfg.languages))
+def _plan_counts(pipe, t, w) -> str:
+    """The plan's work column of task ``t``, from its counts ``w`` (harness.estimate.stage_work)."""
+    cfg, n_prompts = w.cfg, w.prompts
     own = pipe.strategy.describe(t.stage, cfg, n_prompts) if t.iteration >= 1 else None
     if own is not None:
         return own
     if t.stage not in ("sample", "reward", "pairs", "train", "eval"):
         return "(the strategy's own stage)"
     if t.stage == "sample":
-        s = n_prompts * langs * cfg.sample.n
-        return (f"{n_prompts * langs} prompts x n={cfg.sample.n} = {s} samples, <= {s * cfg.sample.max_tokens:,} "
-                f"new tokens")
+        return (f"{n_prompts * w.sample_languages} prompts x n={cfg.sample.n} = {w.samples} samples, "
+                f"<= {w.samples * cfg.sample.max_tokens:,} new tokens")
     if t.stage == "reward":
-        s = n_prompts * langs * cfg.sample.n
-        extra = f" (+{s} self-translations)" if pipe.strategy.translate else ""
-        return f"{2 * s} sequences scored (policy + reference){extra}"
+        extra = f" (+{w.samples} self-translations)" if pipe.strategy.translate else ""
+        return f"{2 * w.samples} sequences scored (policy + reference){extra}"
     if t.stage == "pairs":
-        return f"<= {n_prompts * pair_langs} pairs ({pair_langs} language{'s' * (pair_langs != 1)})"
+        pl = w.pair_languages
+        return f"<= {n_prompts * pl} pairs ({pl} language{'s' * (pl != 1)})"
     if t.stage == "eval":
-        from harness.data import eval_subset
-
-        ec = pipe.cfg.eval
-        n = len(eval_subset(ec.limit)) * len(ec.languages or pipe.cfg.languages)
+        ec, n = pipe.cfg.eval, w.answers
         return (f"{n} X-AlpacaEval answers (<= {n * ec.max_tokens:,} tokens), {n} {ec.judge} judgements, "
                 f"LC {ec.lc_source}")
     tc = cfg.train_for(t.iteration)
-    if t.iteration == 0:
-        from harness.data import load_english_prefs
-
-        n = len(load_english_prefs(cfg.stage0.dataset, cfg.stage0.limit)[0])
+    if w.stage0_pairs is not None:
+        n = len(w.stage0_pairs)
         src = f"{n} English pairs ({cfg.stage0.dataset})"
     else:
-        n = n_prompts * pair_langs
+        n = n_prompts * w.pair_languages
         src = f"<= {n} pairs"
     per_step = tc.batch_size * tc.grad_accum * max(tc.accelerate.num_processes, 1)
     steps = int(-(-n // per_step) * tc.epochs)
@@ -243,9 +235,8 @@ def _plan_counts(pipe, t) -> str:
 def _print_plan(pipe, tasks, notes: list[str], throughput=None) -> None:
     from rich.table import Table
 
+    from harness.estimate import fmt_seconds, stage_estimate, stage_work
     from harness.ui import console
-
-    from harness.estimate import fmt_seconds, stage_estimate
 
     cfg = pipe.cfg
     table = Table(title=f"plan: {cfg.run_name} -> {pipe.layout.root}")
@@ -253,11 +244,12 @@ def _print_plan(pipe, tasks, notes: list[str], throughput=None) -> None:
         table.add_column(col)
     total, unknown = 0.0, []
     for t in tasks:
-        row = [t.label, t.status, _plan_counts(pipe, t), t.hash]
+        w = stage_work(pipe, t)
+        row = [t.label, t.status, _plan_counts(pipe, t, w), t.hash]
         if throughput and t.status == "skip":
             row.append("done")
         elif throughput:
-            secs, what, complete = stage_estimate(pipe, t, throughput)
+            secs, what, complete = stage_estimate(pipe, t, throughput, w)
             row.append(f"{fmt_seconds(secs)}{f' ({what})' if what else ''}")
             total += secs or 0.0
             unknown += [] if complete else [t.label]

@@ -53,7 +53,9 @@ class BackendConfig:
     score: str = "transformers"
     """Backend used for log-probabilities."""
     threads: int | None = None
-    """CPU threads (None: all cores available to the process; with replicas, per replica: cores / replicas)."""
+    """CPU threads per process (None: an even share of the cores among the processes that share them: all of them
+    for one process, cores / replicas for each replica, cores / processes for each CPU training process under
+    accelerate)."""
     replicas: int = 1
     """Sampling and scoring engines run side by side, each in its own process with its share of the cores (data
     parallel); the responses and rewards are the same whatever the number (harness.replicas)."""

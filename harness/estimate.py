@@ -65,16 +65,47 @@ def load_throughput(path: str | Path) -> Throughput:
     return Throughput(**values, model=data.get("model"), source=str(path))
 
 
-def stage_estimate(pipe, t, tp: Throughput) -> tuple[float | None, str, bool]:
-    """(seconds or None, what they cover, whether they cover the whole stage) of task ``t`` of ``pipe`` at the
-    throughputs ``tp``."""
+@dataclass
+class StageWork:
+    """What one planned stage works on; the plan's work column and its estimate both read it."""
+
+    cfg: object  # the iteration's config
+    prompts: int = 0  # prompts of the iteration
+    sample_languages: int = 0
+    pair_languages: int = 0
+    samples: int = 0  # prompts x sample languages x sample.n
+    answers: int = 0  # eval: X-AlpacaEval answers (instructions x languages)
+    stage0_pairs: list | None = None  # stage 0's English pairs (train of iteration 0)
+
+
+def stage_work(pipe, t) -> StageWork:
+    """The counts of task ``t`` of ``pipe`` (a planned run: nothing is loaded but the prompt and pair files)."""
     cfg = pipe.cfg.for_iteration(t.iteration) if t.iteration >= 1 else pipe.cfg
-    replicas = cfg.backend.replicas
+    w = StageWork(cfg)
     if t.stage == "eval":
         from harness.data import eval_subset
 
+        w.answers = len(eval_subset(pipe.cfg.eval.limit)) * len(pipe.cfg.eval.languages or pipe.cfg.languages)
+    elif t.iteration >= 1:
+        w.prompts = pipe.prompts(t.iteration)[1]
+        w.sample_languages = len(pipe.strategy.sample_languages(cfg.languages))
+        w.pair_languages = len(pipe.strategy.pair_languages(cfg.languages))
+        w.samples = w.prompts * w.sample_languages * cfg.sample.n
+    elif t.stage == "train":
+        from harness.data import load_english_prefs
+
+        w.stage0_pairs = load_english_prefs(cfg.stage0.dataset, cfg.stage0.limit)[0]
+    return w
+
+
+def stage_estimate(pipe, t, tp: Throughput, w: StageWork) -> tuple[float | None, str, bool]:
+    """(seconds or None, what they cover, whether they cover the whole stage) of task ``t`` of ``pipe``, whose work
+    is ``w``, at the throughputs ``tp``."""
+    cfg = w.cfg
+    replicas = cfg.backend.replicas
+    if t.stage == "eval":
         ec = pipe.cfg.eval
-        n = len(eval_subset(ec.limit)) * len(ec.languages or pipe.cfg.languages)
+        n = w.answers
         seconds = n * ec.max_tokens / tp.sample
         if ec.judge.startswith("local"):
             seconds += n * (JUDGE_TEMPLATE_TOKENS + 2 * ec.max_tokens) / tp.score
@@ -84,8 +115,7 @@ def stage_estimate(pipe, t, tp: Throughput) -> tuple[float | None, str, bool]:
         return seconds + n / tp.judge, f"{n} answers + {n} API judgements", True
     if t.stage == "pairs":
         return 0.0, "", True
-    n_prompts = pipe.prompts(t.iteration)[1] if t.iteration >= 1 else 0
-    samples = n_prompts * len(pipe.strategy.sample_languages(cfg.languages)) * cfg.sample.n
+    samples = w.samples
     if t.stage == "sample":
         tokens = samples * cfg.sample.max_tokens
         return tokens / (tp.sample * replicas), f"{tokens:,} new tokens / {replicas} engine(s)", True
@@ -97,16 +127,11 @@ def stage_estimate(pipe, t, tp: Throughput) -> tuple[float | None, str, bool]:
         return seconds, f"{tokens:,} response tokens scored / {replicas} engine(s)", True
     if t.stage == "train":
         tc = cfg.train_for(t.iteration)
-        if t.iteration == 0:
-            from harness.data import load_english_prefs
-
-            pairs = load_english_prefs(cfg.stage0.dataset, cfg.stage0.limit)[0]
-            # about 4 characters per token
+        if w.stage0_pairs is not None:  # about 4 characters per token
             tokens = sum(min(tc.max_length, (len(p.prompt) + len(side)) // 4)
-                         for p in pairs for side in (p.chosen, p.rejected))
+                         for p in w.stage0_pairs for side in (p.chosen, p.rejected))
         else:
-            pairs_n = n_prompts * len(pipe.strategy.pair_languages(cfg.languages))
-            tokens = pairs_n * 2 * min(tc.max_length, cfg.sample.max_tokens)
+            tokens = w.prompts * w.pair_languages * 2 * min(tc.max_length, cfg.sample.max_tokens)
         procs = max(tc.accelerate.num_processes, 1)
         return (tokens * tc.epochs * (1 + 1 / 3) / (tp.train * procs),
                 f"{int(tokens * tc.epochs):,} tokens / {procs} process(es)", True)

@@ -40,12 +40,6 @@ def _score(instructions: Sequence[str], responses: Sequence[str]) -> list:
     return be.score([be.format_prompt(x) for x in instructions], responses)
 
 
-def threads_per_replica(replicas: int, threads: int | None) -> int:
-    from harness.backends import available_cores
-
-    return threads or max(1, available_cores() // replicas)
-
-
 def generate_chunks(name: str, spec, options: dict, replicas: int, threads: int | None,
                     jobs: Sequence[tuple[Sequence[str], dict]]) -> Iterator[tuple[int, Any]]:
     """(job index, completions) for each job (instructions, generate kwargs), as the replicas finish them."""
@@ -63,9 +57,11 @@ def _map(fn, name: str, spec, options: dict, replicas: int, threads: int | None,
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
 
+    from harness.backends import threads_per_process
+
     ctx = multiprocessing.get_context("spawn")
     counter = ctx.Value("i", 0)
-    per = threads_per_replica(replicas, threads)
+    per = threads_per_process(threads, replicas)
     with ProcessPoolExecutor(replicas, mp_context=ctx, initializer=_start,
                              initargs=(name, spec, dict(options), per, counter)) as pool:
         futures = {pool.submit(fn, *job): i for i, job in enumerate(jobs)}

@@ -315,16 +315,14 @@ def run(ctx: StageContext) -> dict:
     from rich.progress import Progress
     from transformers import TrainerCallback
 
-    from harness.backends import available_cores
+    from harness.backends import threads_per_process
     from harness.timing import phase
     from harness.ui import progress
 
     tc = ctx.cfg.train_for(ctx.iteration)
-    threads = ctx.cfg.backend.threads or available_cores()
-    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # set by accelerate launch / torchrun
-    if local_processes > 1 and not torch.cuda.is_available():
-        threads = max(1, threads // local_processes)  # the CPU processes of one machine share its cores
-    torch.set_num_threads(threads)
+    # the CPU training processes of one machine (accelerate launch / torchrun set LOCAL_WORLD_SIZE) share its cores
+    sharing = 1 if torch.cuda.is_available() else int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    torch.set_num_threads(threads_per_process(ctx.cfg.backend.threads, sharing))
     spec = ctx.policy
     path = spec.local_path()
     tok, eot = training_tokenizer(spec)
