@@ -59,6 +59,9 @@ class BackendConfig:
     replicas: int = 1
     """Sampling and scoring engines run side by side, each in its own process with its share of the cores (data
     parallel); the responses and rewards are the same whatever the number (harness.replicas)."""
+    replicas_on: str = "local"
+    """Where replicas run: 'local' (processes on this machine) or 'ray' (actors of a Ray cluster, across its nodes:
+    the one RAY_ADDRESS names or `ray start` made on this node, else a fresh Ray instance on this machine)."""
     options: dict = field(default_factory=dict)
     """Passed through to the backend (vLLM engine options: tensor_parallel_size, gpu_memory_utilization, ...)."""
 
@@ -329,6 +332,7 @@ RULES = [
     ("prompts.limit", _in_range(1, optional=True)),
     ("backend.threads", _in_range(1, optional=True)),
     ("backend.replicas", _in_range(1)),
+    ("backend.replicas_on", _one_of("local", "ray")),
     ("sample.n", (lambda v: v >= 2, ">= 2 (a preference pair needs two responses)")),
     ("sample.temperature", _in_range(0)),
     ("sample.top_p", _in_range(0, 1, lo_open=True)),
@@ -408,6 +412,12 @@ def _check(cfg: "RunConfig", where: str | None, prefix: str) -> None:
         if not ok(v):
             fail(key, f"must be {what}; got {v!r}")
     _check_train(cfg.train, where, prefix + "train.")
+    if cfg.backend.replicas_on == "ray" and cfg.backend.replicas > 1:
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            fail("backend.replicas_on", "is 'ray', but Ray is not installed: pip install 'ray>=2.40' (or "
+                 "./install.sh dev), on every node of the cluster")
     if cfg.pairs.alpha_step > cfg.pairs.alpha_max:
         fail("pairs.alpha_step", f"must be <= pairs.alpha_max ({cfg.pairs.alpha_max}); got {cfg.pairs.alpha_step}")
     name = str(cfg.run_name)

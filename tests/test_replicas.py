@@ -62,21 +62,32 @@ def test_two_replicas_score_what_one_scores(tmp_path, monkeypatch):
 
     used = []
     real = harness.replicas.score_chunks
-    monkeypatch.setattr(harness.replicas, "score_chunks", lambda *a: used.append(a[3]) or real(*a))
+    monkeypatch.setattr(harness.replicas, "score_chunks",
+                        lambda *a, **k: used.append((a[3], k.get("on"))) or real(*a, **k))
     # unrounded: rounding each sum to 4 decimals (the default) turns a 1e-7 difference into 1e-4 now and then
     over = [f"models.policy={policy}", "reward.round_decimals=null"]
     one, h1 = _run(tmp_path / "one", ("sample", "reward"), *over)
     assert used == []
     two, h2 = _run(tmp_path / "two", ("sample", "reward"), *over, "backend.replicas=2")
-    assert h1 == h2 and used == [2, 2]  # policy and reference, each over 2 replicas
-    assert read_jsonl(one / "sample/responses.jsonl") == read_jsonl(two / "sample/responses.jsonl")
-    a, b = read_jsonl(one / "reward/rewards.jsonl"), read_jsonl(two / "reward/rewards.jsonl")
-    assert len(a) == len(b) == 6
-    rewards = [(x["reward"], y["reward"]) for r, q in zip(a, b) for x, y in zip(r["responses"], q["responses"])]
-    assert any(x != 0 for x, _ in rewards)
-    worst = max(abs(x - y) for x, y in rewards)
-    assert worst < 1e-4, worst
-    print(f"\nrewards, 2 replicas vs 1: max |diff| {worst:.1e} nats")
+    assert h1 == h2 and used == [(2, "local")] * 2  # policy and reference, each over 2 replicas
+    # the same on 2 Ray actors (a fresh local Ray instance here; on a cluster, actors on its nodes)
+    import ray as ray_lib
+
+    try:
+        ray, h3 = _run(tmp_path / "ray", ("sample", "reward"), *over, "backend.replicas=2", "backend.replicas_on=ray")
+    finally:
+        ray_lib.shutdown()  # a run keeps Ray up until it exits; the rest of the suite does not need it
+    assert h3 == h1 and used[2:] == [(2, "ray")] * 2
+    a = read_jsonl(one / "reward/rewards.jsonl")
+    assert len(a) == 6
+    for other, what in ((two, "2 replicas"), (ray, "2 Ray replicas")):
+        assert read_jsonl(one / "sample/responses.jsonl") == read_jsonl(other / "sample/responses.jsonl"), what
+        b = read_jsonl(other / "reward/rewards.jsonl")
+        rewards = [(x["reward"], y["reward"]) for r, q in zip(a, b) for x, y in zip(r["responses"], q["responses"])]
+        assert len(rewards) == 12 and any(x != 0 for x, _ in rewards)
+        worst = max(abs(x - y) for x, y in rewards)
+        assert worst < 1e-4, (what, worst)
+        print(f"\nrewards, {what} vs 1: max |diff| {worst:.1e} nats")
 
 
 def test_a_killed_replica_loses_only_unfinished_chunks(tiny_config, tmp_path):
@@ -108,3 +119,38 @@ def test_a_killed_replica_loses_only_unfinished_chunks(tiny_config, tmp_path):
     assert "iter_1/sample: resume" in r.stderr
     rows = read_jsonl(root / "tiny/iter_1/sample/responses.jsonl")
     assert len(rows) == 8 and all(len(x["responses"]) == 2 for x in rows)
+
+
+def test_replicas_ask_for_what_the_machine_or_the_ray_cluster_has(monkeypatch):
+    import importlib.util
+
+    import torch
+
+    from harness.errors import HarnessError
+    from harness.replicas import local_gpus, ray_resources
+
+    assert local_gpus(2, {}) == [[], []] or torch.cuda.is_available()
+    # on a machine that shows GPUs 4-7: each local replica gets its own group of tensor_parallel_size of them
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
+    assert local_gpus(4, {}) == [["4"], ["5"], ["6"], ["7"]]
+    assert local_gpus(2, {"tensor_parallel_size": 2}) == [["4", "5"], ["6", "7"]]
+    with pytest.raises(HarnessError, match=r"3 replicas of 2 GPU\(s\) each need 6 GPUs; this machine shows 4"):
+        local_gpus(3, {"tensor_parallel_size": 2})
+    monkeypatch.undo()
+
+    assert ray_resources(2, None, {}, {"CPU": 2.0}) == {"num_cpus": 1, "num_gpus": 0}
+    assert ray_resources(2, None, {}, {"CPU": 64.0, "GPU": 8.0}) == {"num_cpus": 32, "num_gpus": 1}
+    # tensor parallel engines: a GPU per rank
+    assert ray_resources(4, 4, {"tensor_parallel_size": 2}, {"CPU": 64.0, "GPU": 8.0}) == {"num_cpus": 4, "num_gpus": 2}
+    with pytest.raises(HarnessError, match=r"backend.replicas = 8 Ray replicas need 16 GPUs \(2 each\); the Ray "
+                                           r"cluster has 8"):
+        ray_resources(8, 1, {"tensor_parallel_size": 2}, {"CPU": 64.0, "GPU": 8.0})
+    with pytest.raises(HarnessError, match="need 6 CPUs"):
+        ray_resources(3, 2, {}, {"CPU": 4.0})
+    # without Ray installed, a run that asks for it stops before it starts
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    with pytest.raises(HarnessError, match="backend.replicas_on is 'ray', but Ray is not installed"):
+        load_config(None, ["backend.replicas=2", "backend.replicas_on=ray"])
+    load_config(None, ["backend.replicas_on=ray"])  # one replica: Ray is not used

@@ -97,7 +97,7 @@ def run(ctx: StageContext) -> dict:
                                  total=sum(map(len, s_todo)))
                 for i, lps in score_chunks(cfg.backend.score, model, dict(dtype=rc.dtype, **cfg.backend.options),
                                            cfg.backend.replicas, cfg.backend.threads,
-                                           [(instrs, texts) for _, instrs, texts in jobs]):
+                                           [(instrs, texts) for _, instrs, texts in jobs], on=cfg.backend.replicas_on):
                     record(scores, model, name, jobs[i][0], lps)
                     bar.advance(t, len(jobs[i][0]))
         elif t_todo or s_todo:

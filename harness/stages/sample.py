@@ -53,7 +53,7 @@ def sample_responses(ctx: StageContext, *, n: int, temperature: float, top_p: fl
                                 completed=len(work) - sum(map(len, todo)))
             options = dict(cfg.backend.options, dtype=cfg.sample.dtype)
             for i, comps in generate_chunks(cfg.backend.sample, ctx.policy, options, cfg.backend.replicas,
-                                            cfg.backend.threads, jobs):
+                                            cfg.backend.threads, jobs, on=cfg.backend.replicas_on):
                 out.append(rows_of(chunks[i], comps))
                 bar.advance(task, len(chunks[i]))
         todo = []
