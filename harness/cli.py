@@ -225,8 +225,10 @@ def _plan_counts(pipe, t, w) -> str:
     per_step = tc.batch_size * tc.grad_accum * max(tc.accelerate.num_processes, 1)
     steps = int(-(-n // per_step) * tc.epochs)
     where = ""
-    if tc.accelerate.num_processes > 1 or tc.accelerate.config_file:
+    if tc.accelerate.num_processes > 1 or tc.accelerate.config_file or tc.accelerate.num_machines > 1:
         where = f"; accelerate launch, {tc.accelerate.num_processes} processes"
+        if tc.accelerate.num_machines > 1:
+            where += f" on {tc.accelerate.num_machines} nodes (srun)"
         if tc.accelerate.config_file:
             where += f" ({tc.accelerate.config_file})"
     return f"{src}, ~{steps} optimizer steps ({tc.method}, {tc.precision}, batch {per_step}{where})"

@@ -139,7 +139,10 @@ class AccelerateConfig:
     """accelerate config passed to `accelerate launch --config_file`: a shipped one by name (ddp, fsdp, zero3:
     harness/presets/accelerate/) or a file."""
     num_processes: int = 1
-    """>1 launches the train stage through `accelerate launch`."""
+    """>1 launches the train stage through `accelerate launch`: the processes of all machines together."""
+    num_machines: int = 1
+    """>1: the train stage runs on that many nodes of the Slurm allocation harness runs in, one `accelerate launch`
+    per node started by `srun` (num_processes / num_machines processes each; the first node is the rendezvous)."""
     extra_args: list = field(default_factory=list)
 
 
@@ -377,6 +380,7 @@ TRAIN_RULES = [
     ("lora.alpha", _in_range(0, lo_open=True)),
     ("lora.dropout", _in_range(0, 1)),
     ("accelerate.num_processes", _in_range(1)),
+    ("accelerate.num_machines", _in_range(1)),
     ("accelerate.config_file", (lambda v: v is None or accelerate_config_path(str(v)).is_file(),
                                 "a shipped accelerate config (ddp, fsdp, zero3) or an existing file")),
 ]
@@ -387,6 +391,11 @@ def _check_train(tc: TrainConfig, where: str | None, prefix: str) -> None:
         v = _get(tc, key)
         if not ok(v):
             raise HarnessError(f"{prefix}{key} must be {what}; got {v!r}", where, key=prefix + key)
+    acc = tc.accelerate
+    if acc.num_processes % acc.num_machines:
+        raise HarnessError(f"{prefix}accelerate.num_processes must be a multiple of accelerate.num_machines "
+                           f"({acc.num_machines}); got {acc.num_processes}", where,
+                           key=prefix + "accelerate.num_processes")
     if tc.objective == "kto" and tc.nll_weight > 0:
         raise HarnessError(f"{prefix}nll_weight {tc.nll_weight} has no counterpart in TRL's KTOTrainer: set "
                            f"{prefix}nll_weight: 0 with {prefix}objective: kto", where, key=prefix + "nll_weight")

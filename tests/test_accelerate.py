@@ -1,5 +1,5 @@
 """The train stage under `accelerate launch` with 2 CPU processes (gloo), through the normal stage contract, against
-a 1-process run with the same global batch; and a worker killed mid-training (issue 14)."""
+a 1-process run with the same global batch; a worker killed mid-training; and 2 "nodes" started by srun (issue 14)."""
 
 import os
 import signal
@@ -120,3 +120,23 @@ def test_two_processes_match_one_with_the_same_global_batch(runs):
     print(f"time split of the launched stage: {split}")
     assert {"launch", "load", "reference", "compute", "write"} <= set(split) and split["launch"] > 0
     assert sum(split.values()) == pytest.approx(read_json(stage / "_done.json")["seconds"], abs=0.5)
+
+
+def test_two_nodes_through_srun_train_as_two_processes_on_one(runs):
+    """num_machines=2: one `accelerate launch` per node, started by srun, rendezvous on the first node. Slurm is
+    stood in by tests/slurm/srun (it starts the per-node command twice on this machine with SLURM_NODEID 0 and 1);
+    both launches, their static rendezvous over TCP and the training are real."""
+    root, cfg = runs[0], runs[1]
+    env = {"PATH": f"{REPO / 'tests/slurm'}{os.pathsep}{os.environ['PATH']}"}
+    r = run_cli("run", str(cfg), "--runs-dir", str(root / "nodes"), *TRAIN, *TWO, "train.accelerate.num_machines=2",
+                "backend.threads=1", env=env)  # 1 thread per process: the two "nodes" share this machine's cores
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "launching: srun --nodes=2 --ntasks-per-node=1" in " ".join(r.stderr.split())
+    stage = root / "nodes/tiny/iter_0/train"
+    m = read_json(stage / "train_metrics.json")
+    assert m["processes"] == 2 and m["steps"] == 2
+    # the same 2 processes, the same global batch: the weights of the 2-process run on one machine
+    a, b = _tensors(root / "two/tiny/iter_0/train/model"), _tensors(stage / "model")
+    worst = max(float(abs(a[k] - b[k]).max()) for k in a)
+    print(f"\n2 nodes vs 2 processes on one: weights max |diff| {worst:.2e}")
+    assert worst < 1e-5, worst

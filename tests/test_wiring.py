@@ -45,13 +45,24 @@ TRAIN_VALUES = {
     "lora": ({"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": ["q_proj"]},
              lambda d, lo, cmd: {"r": lo.r, "alpha": lo.lora_alpha, "dropout": lo.lora_dropout,
                                  "target_modules": sorted(lo.target_modules)}),
-    "accelerate": ({"config_file": "zero3", "num_processes": 2, "extra_args": ["--main_process_port", "29511"]},
-                   lambda d, lo, cmd: {"config_file": _shipped(cmd[cmd.index("--config_file") + 1]),
-                                       "num_processes": int(cmd[cmd.index("--num_processes") + 1]),
-                                       "extra_args": cmd[cmd.index("--num_processes") + 2:
-                                                         cmd.index("--num_processes") + 4]}),
+    "accelerate": ({"config_file": "zero3", "num_processes": 4, "num_machines": 2,
+                    "extra_args": ["--main_process_port", "29511"]}, lambda d, lo, cmd: _launch(cmd)),
     "extra": ({"label_smoothing": 0.05}, lambda d, lo, cmd: {"label_smoothing": d.label_smoothing}),
 }
+
+
+def _launch(cmd: list[str]) -> dict:
+    """train.accelerate as read back from the command: `srun ... bash -c 'accelerate launch ...'` on 2 nodes, each
+    node's rank and the first node's address filled in by its shell."""
+    import shlex
+
+    assert cmd[:4] == ["srun", "--nodes=2", "--ntasks-per-node=1", "--kill-on-bad-exit=1"] and cmd[4:6] == ["bash", "-c"]
+    node = shlex.split(cmd[6])
+    i = node.index("--num_processes")
+    assert node[node.index("--machine_rank") + 1] == "$SLURM_NODEID"
+    assert node[node.index("--main_process_ip") + 1].startswith("$(scontrol show hostnames")
+    return {"config_file": _shipped(node[node.index("--config_file") + 1]), "num_processes": int(node[i + 1]),
+            "num_machines": int(node[node.index("--num_machines") + 1]), "extra_args": node[i + 2:i + 4]}
 
 
 def _shipped(path: str) -> str:

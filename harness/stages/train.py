@@ -32,32 +32,49 @@ log = logging.getLogger(__name__)
 
 
 def uses_accelerate(tc: TrainConfig) -> bool:
-    return tc.accelerate.num_processes > 1 or tc.accelerate.config_file is not None
+    acc = tc.accelerate
+    return acc.num_processes > 1 or acc.num_machines > 1 or acc.config_file is not None
+
+
+# srun runs the launch on every node of the allocation; each node's shell fills in its rank and the first node
+HEAD = "$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n1)"
 
 
 def launch_command(tc: TrainConfig, run_dir: Path, iteration: int, pick_port: bool = False) -> list[str]:
-    """The `accelerate launch` command that runs this stage on several processes (DeepSpeed/FSDP via config).
+    """The `accelerate launch` command that runs this stage on several processes (DeepSpeed/FSDP via config); with
+    ``num_machines > 1``, an `srun` that runs one on each node of the Slurm allocation.
 
-    ``pick_port``: on one machine, when neither extra_args nor the config file names a port, rendezvous on a free
-    port instead of accelerate's fixed 29500, which a second run (or any other job) on the same node may hold;
-    accelerate then refuses to start. Several machines must agree on a port, so there the user's choice stands."""
+    ``pick_port``: without a port in extra_args or the config file, rendezvous on a free port of this machine (the
+    first node of an allocation) instead of accelerate's fixed 29500, which another run or job may hold (accelerate
+    then refuses to start)."""
+    import shlex
+
     from harness.config import accelerate_config_path
 
+    acc = tc.accelerate
     cmd = [sys.executable, "-m", "accelerate.commands.launch"]
     file_cfg: dict = {}
-    if tc.accelerate.config_file:
-        path = accelerate_config_path(str(tc.accelerate.config_file))
+    if acc.config_file:
+        path = accelerate_config_path(str(acc.config_file))
         cmd += ["--config_file", str(path)]
         import yaml
 
         file_cfg = yaml.safe_load(path.read_text()) or {}
-    extra = [str(a) for a in tc.accelerate.extra_args]
-    cmd += ["--num_processes", str(tc.accelerate.num_processes), *extra]
+    extra = [str(a) for a in acc.extra_args]
+    cmd += ["--num_processes", str(acc.num_processes), *extra]
     flags = {a.split("=")[0] for a in extra}
+    srun = acc.num_machines > 1
     one_machine = int(file_cfg.get("num_machines") or 1) == 1 and "--num_machines" not in flags
-    if pick_port and one_machine and "--main_process_port" not in flags and "main_process_port" not in file_cfg:
+    if pick_port and (one_machine or srun) and "--main_process_port" not in flags \
+            and "main_process_port" not in file_cfg:
         cmd += ["--main_process_port", str(_free_port())]
-    return cmd + ["-m", "harness.stages", str(run_dir), str(iteration), "train"]
+    tail = ["-m", "harness.stages", str(run_dir), str(iteration), "train"]
+    if not srun:
+        return cmd + tail
+    per_node = " ".join(map(shlex.quote, cmd)) + f" --num_machines {acc.num_machines} --machine_rank \"$SLURM_NODEID\"" \
+        f" --main_process_ip \"{HEAD}\" --rdzv_backend static " + " ".join(map(shlex.quote, tail))
+    return ["srun", f"--nodes={acc.num_machines}", "--ntasks-per-node=1", "--kill-on-bad-exit=1",
+            "bash", "-c", per_node]
 
 
 def _free_port() -> int:
@@ -88,7 +105,7 @@ TRAIN_WIRING = {
     "save_steps": "DPOConfig.save_strategy / save_steps",
     "save_total_limit": "DPOConfig.save_total_limit",
     "lora": "peft LoraConfig r / lora_alpha / lora_dropout / target_modules",
-    "accelerate": "the `accelerate launch` command line (launch_command)",
+    "accelerate": "the `accelerate launch` command line, under srun on num_machines > 1 (launch_command)",
     "extra": "DPOConfig, passed through as given",
 }
 
