@@ -90,10 +90,11 @@ def test_two_replicas_score_what_one_scores(tmp_path, monkeypatch):
         print(f"\nrewards, {what} vs 1: max |diff| {worst:.1e} nats")
 
 
-def test_a_killed_replica_loses_only_unfinished_chunks(tiny_config, tmp_path):
+@pytest.mark.parametrize("on", ["local", "ray"])
+def test_a_killed_replica_loses_only_unfinished_chunks(tiny_config, tmp_path, on):
     import psutil
 
-    cfg = tiny_config("sample: {n: 2, max_tokens: 24, chunk: 1}\nbackend: {replicas: 2, threads: 1}\n"
+    cfg = tiny_config(f"sample: {{n: 2, max_tokens: 24, chunk: 1}}\nbackend: {{replicas: 2, threads: 1, replicas_on: {on}}}\n"
                       "models: {reference: smollm2-135m-instruct, policy: smollm2-135m-instruct}\n", name="dp.yaml")
     root = tmp_path / "runs"
     proc = subprocess.Popen([sys.executable, "-m", "harness", "run", str(cfg), "--runs-dir", str(root)], cwd=REPO,
@@ -101,8 +102,8 @@ def test_a_killed_replica_loses_only_unfinished_chunks(tiny_config, tmp_path):
                             start_new_session=True)
     partial = root / "tiny/iter_1/sample.partial/responses.jsonl"
     wait_for_lines(proc, partial, 2, 600)
-    replicas = [c for c in psutil.Process(proc.pid).children(recursive=True)
-                if "spawn_main" in " ".join(c.cmdline())]
+    mark = "spawn_main" if on == "local" else "_Replica"  # a Ray actor's process title: ray::_Replica...
+    replicas = [c for c in psutil.Process(proc.pid).children(recursive=True) if mark in " ".join(c.cmdline())]
     assert len(replicas) >= 2, [c.cmdline() for c in replicas]
     replicas[0].send_signal(signal.SIGKILL)
     try:
