@@ -259,9 +259,12 @@ class TransformersBackend(Backend):
                    and len(seqs[order[end]][0]) * (end - start + 1) <= self.score_token_budget):
                 end += 1
             batch = [seqs[i] for i in order[start:end]]
-            input_ids, attn = self._padded([ids for ids, _ in batch])
+            input_ids, _ = self._padded([ids for ids, _ in batch])
             with torch.no_grad():
-                hidden = body(input_ids=input_ids.to(self.device), attention_mask=attn.to(self.device)).last_hidden_state
+                # no attention mask: the padding is on the right, so causal attention alone keeps every real token
+                # from seeing it, and SDPA takes its causal kernel (it skips the upper triangle; with a padding mask
+                # it computes all of it: 21% of the bench's scoring time was attention before this)
+                hidden = body(input_ids=input_ids.to(self.device)).last_hidden_state
                 # position k predicts token k+1: response tokens are ids[plen:], predicted from plen-1 .. len-2
                 lps = self._response_logps(head, hidden, [(b, plen - 1, len(ids) - 1) for b, (ids, plen) in
                                                           enumerate(batch)], [ids[plen:] for ids, plen in batch])
@@ -299,8 +302,8 @@ class TransformersBackend(Backend):
             of_row = torch.tensor([b for b, _ in rows])
             positions = torch.tensor(plens)[of_row, None] + torch.arange(suffix.shape[1])[None, :]
             with torch.no_grad():
-                cache = body(input_ids=prefix.to(self.device), attention_mask=pmask.to(self.device),
-                             use_cache=True).past_key_values
+                # causal alone for the right-padded prefixes (as in _score_packed); the suffix pass masks the padding
+                cache = body(input_ids=prefix.to(self.device), use_cache=True).past_key_values
                 cache.reorder_cache(of_row.to(self.device))  # one copy of its group's prefix per suffix row
                 hidden = body(input_ids=suffix.to(self.device),
                               attention_mask=torch.cat([pmask[of_row], smask], dim=1).to(self.device),
