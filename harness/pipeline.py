@@ -233,6 +233,20 @@ class Pipeline:
                 check_dpo_kwargs(dpo_kwargs(tc, self.layout.root, self.cfg.seed), config_class(tc))
             else:
                 build_dpo_config(tc, self.layout.root, self.cfg.seed, where=where)
+            machines = tc.accelerate.num_machines
+            if machines > 1:
+                nodes = int(os.environ.get("SLURM_JOB_NUM_NODES") or machines)
+                missing = None
+                if shutil.which("srun") is None:
+                    missing = "srun is not on PATH"
+                elif "SLURM_JOB_NODELIST" not in os.environ:
+                    missing = "SLURM_JOB_NODELIST is not set (not inside an allocation)"
+                elif nodes < machines:
+                    missing = f"the allocation has {nodes} node(s)"
+                if missing:
+                    machine_problem(f"{where}: accelerate.num_machines = {machines} runs the stage with srun on "
+                                    f"{machines} nodes of the Slurm allocation harness runs in (sbatch or salloc "
+                                    f"--nodes={machines}); {missing}")
         if self.cfg.eval.enabled:
             from harness.evaluate import preflight
 

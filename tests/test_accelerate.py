@@ -75,7 +75,9 @@ def _workers(run_dir) -> list:
     out = []
     for p in psutil.process_iter(["cmdline"]):
         cmd = p.info["cmdline"] or []
-        if "harness.stages" in cmd and str(run_dir) in cmd:
+        # the training processes, not the launcher (its own command line names harness.stages and the run too:
+        # counting it, "two processes" held only in the moment one worker had exited, at the stage's very end)
+        if "harness.stages" in cmd and str(run_dir) in cmd and "accelerate.commands.launch" not in cmd:
             out.append(p)
     return out
 
@@ -127,7 +129,9 @@ def test_two_nodes_through_srun_train_as_two_processes_on_one(runs):
     stood in by tests/slurm/srun (it starts the per-node command twice on this machine with SLURM_NODEID 0 and 1);
     both launches, their static rendezvous over TCP and the training are real."""
     root, cfg = runs[0], runs[1]
-    env = {"PATH": f"{REPO / 'tests/slurm'}{os.pathsep}{os.environ['PATH']}"}
+    # inside an allocation of 2 nodes, as sbatch would leave it
+    env = {"PATH": f"{REPO / 'tests/slurm'}{os.pathsep}{os.environ['PATH']}", "SLURM_JOB_NODELIST": "localhost,localhost",
+           "SLURM_JOB_NUM_NODES": "2"}
     r = run_cli("run", str(cfg), "--runs-dir", str(root / "nodes"), *TRAIN, *TWO, "train.accelerate.num_machines=2",
                 "backend.threads=1", env=env)  # 1 thread per process: the two "nodes" share this machine's cores
     assert r.returncode == 0, r.stderr[-3000:]

@@ -37,7 +37,7 @@ def uses_accelerate(tc: TrainConfig) -> bool:
 
 
 # srun runs the launch on every node of the allocation; each node's shell fills in its rank and the first node
-HEAD = "$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n1)"
+_FIRST_NODE = "$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n1)"
 
 
 def launch_command(tc: TrainConfig, run_dir: Path, iteration: int, pick_port: bool = False) -> list[str]:
@@ -71,8 +71,8 @@ def launch_command(tc: TrainConfig, run_dir: Path, iteration: int, pick_port: bo
     tail = ["-m", "harness.stages", str(run_dir), str(iteration), "train"]
     if not srun:
         return cmd + tail
-    per_node = " ".join(map(shlex.quote, cmd)) + f" --num_machines {acc.num_machines} --machine_rank \"$SLURM_NODEID\"" \
-        f" --main_process_ip \"{HEAD}\" --rdzv_backend static " + " ".join(map(shlex.quote, tail))
+    where = f'--num_machines {acc.num_machines} --machine_rank "$SLURM_NODEID" --main_process_ip "{_FIRST_NODE}"'
+    per_node = " ".join([*map(shlex.quote, cmd), where, "--rdzv_backend static", *map(shlex.quote, tail)])
     return ["srun", f"--nodes={acc.num_machines}", "--ntasks-per-node=1", "--kill-on-bad-exit=1",
             "bash", "-c", per_node]
 
