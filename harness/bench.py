@@ -101,7 +101,8 @@ def run_bench(backends: list[str], n_prompts: int = 16, max_tokens: int = 64, n:
               long_tokens: int = 768, train: bool = True, n_float64: int = 8) -> dict:
     """One table: per backend, sampling and scoring tokens/s (median of ``repeats``, with the spread), scoring against
     the authors' scorer on the same inputs and as a share of the fp32 matmul peak measured in this process, and
-    (``train``) a DPO + NLL step of the train stage against the bf16 peak. Every scorer's sums are compared with
+    (``train``) a DPO + NLL step of the train stage against the peak of its precision (bf16 where this machine has
+    bf16 kernels, else fp32: harness.hardware). Every scorer's sums are compared with
     a float64 forward on the ``n_float64`` longest sequences."""
     import statistics
 
@@ -168,8 +169,8 @@ def run_bench(backends: list[str], n_prompts: int = 16, max_tokens: int = 64, n:
         console.print("[bold]train[/bold]: DPO + NLL steps of the train stage ...")
         r = bench_train(steps=repeats)
         train_row = r
-        rows.append(("train step (DPO + NLL, bf16 autocast, batch 8)", r["tokens_per_s"], None,
-                     f"{100 * r['fraction_of_peak']:.1f}% of bf16 ({r['peak_gflops']:,.0f} GFLOP/s)",
+        rows.append((f"train step (DPO + NLL, {_precision_words(r['precision'])}, batch 8)", r["tokens_per_s"], None,
+                     f"{100 * r['fraction_of_peak']:.1f}% of {r['peak_dtype']} ({r['peak_gflops']:,.0f} GFLOP/s)",
                      _spread(r["times"]), f"{r['tokens_per_step']:.0f} tokens/step, median step {r['step_s']:.2f} s"))
     table = Table(title=f"harness bench: SmolLM2-135M-Instruct, fp32 unless said; median of {repeats} repeats")
     for col, justify in (("what", "left"), ("tokens/s", "right"), ("vs reference scoring", "right"),
@@ -281,7 +282,8 @@ def bench_train(steps: int = 3, batch_size: int = 8, precision: str | None = Non
                 compact_head: bool = True) -> dict:
     """DPO + NLL optimizer steps of the train stage itself (``harness.stages.train.build_trainer``) on the demo's
     stage-0 pairs: the median step time over ``steps`` after one warm-up step, tokens/s (prompt + chosen + rejected,
-    padding excluded) and the fraction of the bf16 matmul peak measured in this process (useful FLOPs = 6 x
+    padding excluded) and the fraction of the matmul peak of its precision (default ``auto``: bf16 autocast where
+    this machine has bf16 kernels, else fp32) measured in this process (useful FLOPs = 6 x
     parameters x tokens: forward and backward of the policy; the reference log-probs are precomputed, as in a run)."""
     import statistics
     import tempfile
@@ -293,12 +295,13 @@ def bench_train(steps: int = 3, batch_size: int = 8, precision: str | None = Non
     from harness.backends import available_cores
     from harness.config import TrainConfig
     from harness.data import load_english_prefs
+    from harness.hardware import resolve_precision
     from harness.models import resolve_model
     from harness.stages.train import (build_dpo_config, build_trainer, cpu_lm_head, load_train_model, trainer_rows,
                                       training_tokenizer)
 
     torch.set_num_threads(available_cores())
-    precision = precision or ("bf16" if torch.cuda.is_available() else "bf16_cpu")  # bf16 autocast
+    precision = resolve_precision(precision or "auto")
     spec = resolve_model("smollm2-135m-instruct")
     path = spec.local_path()
     tok, eot = training_tokenizer(spec)
@@ -332,12 +335,17 @@ def bench_train(steps: int = 3, batch_size: int = 8, precision: str | None = Non
         per_step.append(sum(min(max_length, len(tok(r["prompt"] + r[side], add_special_tokens=False)["input_ids"]))
                             for r in chunk for side in ("chosen", "rejected")))
     tokens = statistics.mean(per_step)
-    peak = matmul_peak("bfloat16" if precision.startswith("bf16") else "float32")
+    peak_dtype = "bf16" if precision.startswith("bf16") else "fp32"
+    peak = matmul_peak({"bf16": "bfloat16", "fp32": "float32"}[peak_dtype])
     achieved = 6 * n_params * tokens / step_s / 1e9
-    return {"step_s": step_s, "min_s": min(times[1:]), "max_s": max(times[1:]), "times": times[1:],
+    return {"precision": precision, "peak_dtype": peak_dtype, "step_s": step_s, "min_s": min(times[1:]), "max_s": max(times[1:]), "times": times[1:],
             "tokens_per_step": tokens,
             "tokens_per_s": tokens / step_s, "gflops": achieved, "peak_gflops": peak, "fraction_of_peak": achieved / peak,
             "warmup_s": times[0], "steps": steps, "setup_s": setup_s, "losses": losses}
+
+
+def _precision_words(precision: str) -> str:
+    return {"bf16_cpu": "bf16 autocast", "bf16": "bf16", "fp32": "fp32"}.get(precision, precision)
 
 
 def print_train(steps: int = 3) -> dict:
@@ -345,13 +353,13 @@ def print_train(steps: int = 3) -> dict:
     r = bench_train(steps=steps)
     console.print(f"train, TRL's own CPU LM head: median step {trl_own['step_s']:.2f} s (min {trl_own['min_s']:.2f}, "
                   f"max {trl_own['max_s']:.2f}), setup with reference pass {trl_own['setup_s']:.1f} s, "
-                  f"{100 * trl_own['fraction_of_peak']:.1f}% of the bf16 peak")
+                  f"{100 * trl_own['fraction_of_peak']:.1f}% of the {trl_own['peak_dtype']} peak")
     console.print(f"train, harness (compact CPU LM head): {trl_own['step_s'] / r['step_s']:.2f}x faster steps, "
                   f"setup {r['setup_s']:.1f} s; losses {['%.4f' % x for x in r['losses']]} vs TRL's own "
                   f"{['%.4f' % x for x in trl_own['losses']]}")
-    console.print(f"train (DPO + NLL, bf16 autocast, batch 8, SmolLM2-135M): median step {r['step_s']:.2f} s over "
+    console.print(f"train (DPO + NLL, {_precision_words(r['precision'])}, batch 8, SmolLM2-135M): median step {r['step_s']:.2f} s over "
                   f"{r['steps']} steps (min {r['min_s']:.2f}, max {r['max_s']:.2f}; warm-up step {r['warmup_s']:.2f} s), "
                   f"{r['tokens_per_step']:.0f} tokens/step = {r['tokens_per_s']:,.0f} tokens/s, "
-                  f"{r['gflops']:.0f} GFLOP/s = {100 * r['fraction_of_peak']:.1f}% of the bf16 matmul peak "
+                  f"{r['gflops']:.0f} GFLOP/s = {100 * r['fraction_of_peak']:.1f}% of the {r['peak_dtype']} matmul peak "
                   f"({r['peak_gflops']:.0f} GFLOP/s measured now)")
     return r

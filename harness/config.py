@@ -76,7 +76,8 @@ class SampleConfig:
     """Prompts per resumable unit."""
     dtype: str | None = None
     """Sampling precision (None: the model's own, float32 for the demo model). bfloat16 samples as vLLM does on
-    GPUs; it is 2-3x faster on CPUs with AMX. Rewards are scored in ``reward.dtype`` whatever this is."""
+    GPUs; it is 2-3x faster on CPUs with AMX and 4x slower on CPUs without AVX-512. auto: bfloat16 where it is fast
+    here, else float32 (harness.hardware). Rewards are scored in ``reward.dtype`` whatever this is."""
 
 
 @dataclass
@@ -164,7 +165,8 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     max_length: int = 4096
     precision: str = "fp32"
-    """fp32, bf16 (GPU) or bf16_cpu (bf16 autocast on CPU)."""
+    """fp32, bf16 (GPU), bf16_cpu (bf16 autocast on CPU) or auto (bf16 on a GPU, bf16_cpu on a CPU with bf16
+    kernels, else fp32; resolved when the config is loaded, see harness.hardware)."""
     gradient_checkpointing: bool = False
     save_steps: int | None = None
     """Save resumable trainer checkpoints every N steps (None: an interrupted train stage restarts)."""
@@ -201,7 +203,8 @@ class EvalConfig:
     backend: str | None = None
     """Generation backend (default: backend.sample)."""
     dtype: str | None = None
-    """Generation precision (None: the model's own). The local judges score in float32 whatever this is."""
+    """Generation precision (None: the model's own; auto as sample.dtype). The local judges score in float32
+    whatever this is."""
     chunk: int = 8
     """Prompts per generation call and per resumable unit; the evaluated languages share the calls."""
     judge: str = "local_logprob"
@@ -341,7 +344,7 @@ RULES = [
     ("sample.top_p", _in_range(0, 1, lo_open=True)),
     ("sample.max_tokens", _in_range(1)),
     ("sample.chunk", _in_range(1)),
-    ("sample.dtype", _one_of(*DTYPES, optional=True)),
+    ("sample.dtype", _one_of(*DTYPES, "auto", optional=True)),
     ("reward.reference", _one_of("pi_ref", "previous")),
     ("reward.logprob_mode", _one_of("standard", "code_exact")),
     ("reward.round_decimals", _in_range(0, optional=True)),
@@ -357,7 +360,7 @@ RULES = [
     ("eval.top_p", _in_range(0, 1, lo_open=True)),
     ("eval.max_tokens", _in_range(1)),
     ("eval.chunk", _in_range(1)),
-    ("eval.dtype", _one_of(*DTYPES, optional=True)),
+    ("eval.dtype", _one_of(*DTYPES, "auto", optional=True)),
     ("eval.judge_concurrency", _in_range(1)),
     ("eval.lc_source", _one_of("official", "estimated", "minimal")),
 ]
@@ -373,7 +376,7 @@ TRAIN_RULES = [
     ("lr_scheduler", _one_of(*LR_SCHEDULERS)),
     ("warmup_ratio", _in_range(0)),
     ("max_length", _in_range(2)),
-    ("precision", _one_of("fp32", "bf16", "bf16_cpu")),
+    ("precision", _one_of("fp32", "bf16", "bf16_cpu", "auto")),
     ("save_steps", _in_range(1, optional=True)),
     ("save_total_limit", _in_range(1, optional=True)),
     ("lora.r", _in_range(1)),
@@ -600,6 +603,7 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base: dict |
                 raise HarnessError(f"'{k}' is not a section", f"override {ov}")
         node[keys[-1]] = value
         applied.append((ov, ".".join(keys)))
+    _resolve_auto(data)
     try:
         cfg = from_dict(data, where)
         cfg.validate(where)
@@ -609,6 +613,23 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base: dict |
             raise HarnessError(e.message, f"override {culprit}", key=e.key) from None
         raise
     return cfg, data
+
+
+def _resolve_auto(data: dict) -> None:
+    """``auto`` precisions -> what is fast on this machine (harness.hardware), before anything reads them: the
+    stage hashes, the trainer and the backends see the concrete value, so a run moved to a machine that resolves
+    differently reruns what changed."""
+    from harness.hardware import resolve_dtype, resolve_precision
+
+    sections = [data, *[v for v in (data.get("per_iteration") or {}).values() if isinstance(v, dict)]]
+    for sec in sections:
+        for name in ("sample", "eval"):
+            if isinstance(sec.get(name), dict) and "dtype" in sec[name]:
+                sec[name]["dtype"] = resolve_dtype(sec[name]["dtype"])
+        for train in (sec.get("train"), (sec.get("stage0") or {}).get("train") if isinstance(sec.get("stage0"),
+                                                                                            dict) else None):
+            if isinstance(train, dict) and "precision" in train:
+                train["precision"] = resolve_precision(train["precision"])
 
 
 def _override_for(key: str | None, applied: list[tuple[str, str]]) -> str | None:

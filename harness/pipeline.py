@@ -224,9 +224,14 @@ class Pipeline:
             notes.append(message)
 
         first = 0 if self.given_pi0 is None else 1
+        precisions = [("eval.dtype", self.cfg.eval.dtype)] if self.cfg.eval.enabled else []  # (setting, value)
         for k in range(first, self.cfg.iterations + 1):
             tc = self.cfg.train_for(k)
             where = "stage0.train" if k == 0 else f"train (iteration {k})"
+            precisions.append(("stage0.train.precision" if k == 0 else "train.precision", tc.precision))
+            if k >= 1:
+                ck = self.cfg.for_iteration(k)
+                precisions += [("sample.dtype", ck.sample.dtype), ("reward.dtype", ck.reward.dtype)]
             if tc.precision == "bf16" and not _has_gpu():
                 machine_problem(f"{where}: precision bf16 needs a GPU (none found); on a CPU use bf16_cpu "
                                 "(bf16 autocast) or fp32")
@@ -247,6 +252,14 @@ class Pipeline:
                     machine_problem(f"{where}: accelerate.num_machines = {machines} runs the stage with srun on "
                                     f"{machines} nodes of the Slurm allocation harness runs in (sbatch or salloc "
                                     f"--nodes={machines}); {missing}")
+        from harness.hardware import slow_bf16_warning
+
+        for name, value in dict.fromkeys(p for p in precisions if p[1] in ("bfloat16", "bf16_cpu")):
+            warning = slow_bf16_warning(f"{name} = {value}")  # slow, not wrong: a warning, never an error
+            if warning and strict:
+                log.warning(warning)
+            elif warning:
+                notes.append(warning)
         if self.cfg.eval.enabled:
             from harness.evaluate import preflight
 
@@ -377,13 +390,16 @@ class Pipeline:
         return stage_function(t.stage)
 
     def run(self, on_task=None) -> list[Task]:
+        from harness.judges import judge_session
+
         self.write_run_json()
-        for t in self.plan():
-            if on_task:
-                on_task(t, "start")
-            self.execute(t)
-            if on_task:
-                on_task(t, "end")
+        with judge_session():  # the evaluations (the plan's last stages) share a local judge's model and prompts
+            for t in self.plan():
+                if on_task:
+                    on_task(t, "start")
+                self.execute(t)
+                if on_task:
+                    on_task(t, "end")
         return self.plan()
 
 

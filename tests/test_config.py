@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from harness.config import load_config, parse_override, preset_path
@@ -47,3 +49,33 @@ def test_malformed_yaml_names_file_and_line(tmp_path):
     with pytest.raises(HarnessError) as e:
         load_config(p)
     assert str(e.value).startswith(f"{p}:") and "malformed YAML" in str(e.value)
+
+
+@pytest.mark.parametrize("flags, machine, expect", [
+    ({"avx2", "fma"}, "x86_64", ("float32", "fp32")),  # AVX2 only (the EPYC of 2026-12-07): bf16 would crawl
+    ({"avx2", "avx512f", "avx512bw", "avx512vl", "avx512dq"}, "x86_64", ("bfloat16", "bf16_cpu")),
+    ({"avx2", "amx_bf16", "avx512_bf16"}, "x86_64", ("bfloat16", "bf16_cpu")),
+    ({"fp", "asimd", "bf16"}, "aarch64", ("bfloat16", "bf16_cpu")),
+    ({"fp", "asimd"}, "aarch64", ("float32", "fp32")),
+])
+def test_auto_precision_is_what_this_cpu_computes_fast(monkeypatch, flags, machine, expect):
+    """``auto`` (the demo's sample.dtype, eval.dtype and train.precision) resolves at load from the CPU's flags, in
+    every section that holds it, so the stage hashes and the trainer see the concrete value; an explicit bf16 setting
+    stays as asked, with a warning in the plan where the CPU has no bf16 kernels."""
+    from harness import hardware
+    from harness.pipeline import Pipeline
+
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(hardware.platform, "machine", lambda: machine)
+    monkeypatch.setattr(hardware, "cuda_gpu", lambda: False)
+    cfg, data = load_config(preset_path("demo"), ["per_iteration={2: {sample: {dtype: auto}, train: {precision: auto}}}",
+                                     "stage0.train.precision=auto"])
+    dtype, precision = expect
+    assert (cfg.sample.dtype, cfg.eval.dtype, cfg.train.precision) == (dtype, dtype, precision)
+    assert cfg.for_iteration(2).sample.dtype == dtype and cfg.train_for(2).precision == precision
+    assert cfg.train_for(0).precision == precision and data["train"]["precision"] == precision
+    explicit, _ = load_config(preset_path("demo"), ["sample.dtype=bfloat16"])
+    assert explicit.sample.dtype == "bfloat16"
+    notes = Pipeline(explicit, Path("/nonexistent-runs")).preflight(strict=False)
+    slow = [n for n in notes if "no bf16 matmul kernels" in n]
+    assert slow == ([] if dtype == "bfloat16" else [slow[0]]) and (not slow or "sample.dtype = bfloat16" in slow[0])
