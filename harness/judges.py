@@ -18,12 +18,21 @@ the first token's top-5 log-probs).
 
 Every judged pair is appended to an annotation cache keyed by (judge, instruction, output_1, output_2), so an
 interrupted evaluation resumes and a rerun makes no judge call.
+
+A local judge keeps the key/value caches of the prompts it has read (:class:`PromptCache`): a prompt continues from
+the longest opening it shares with one read before (the template's opening; when the reference answer is shown
+first, everything up to the model's own output). Inside :func:`judge_session` (a run's evaluations) the judge's
+model and these caches outlive one evaluation, so the next model's evaluation loads nothing and reads only what
+differs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import os
+from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -35,6 +44,7 @@ from harness.registry import register
 MULTILINGUAL_SENTENCE = ("A good output should be in the same language as the instruction, except when the "
                          "instruction explicitly requests the output in a different language.")
 SWITCH_SEED = 123  # alpaca_eval's SingleAnnotator default, passed to its processors
+PROMPT_CACHE_BYTES = 1 << 30  # key/value caches a local judge keeps (SmolLM2-135M in float32: 46 KB per token)
 
 
 def alpaca_eval_template(multilingual: bool) -> str:
@@ -130,6 +140,67 @@ class Judge:
         pass
 
 
+class PromptCache:
+    """Key/value caches of prompts a local judge has read, keyed by their token ids, for later prompts that open the
+    same way. At most ``max_bytes`` of tensors; the least recently used go first."""
+
+    def __init__(self, max_bytes: int = PROMPT_CACHE_BYTES):
+        self.max_bytes = max_bytes
+        self.entries: OrderedDict[tuple[int, ...], list] = OrderedDict()
+        self.bytes = 0
+        self.reused_tokens = 0  # tokens a prompt did not recompute, summed (what the cache saved)
+
+    def longest(self, ids: list[int]) -> tuple[int, tuple[int, ...] | None]:
+        """The longest opening of ``ids`` held here: its length and the entry that holds it."""
+        best, key, ids = 0, None, tuple(ids)
+        for k in self.entries:
+            n = len(os.path.commonprefix([k, ids]))
+            if n > best:
+                best, key = n, k
+        return best, key
+
+    def restore(self, key: tuple[int, ...], n: int):
+        """A fresh cache of the first ``n`` tokens of entry ``key`` (the entry itself is never changed)."""
+        from transformers import DynamicCache
+
+        self.entries.move_to_end(key)
+        self.reused_tokens += n
+        return DynamicCache([(k[..., :n, :], v[..., :n, :]) for k, v in self.entries[key]])
+
+    def put(self, ids: list[int], cache) -> None:
+        kv = [(layer.keys, layer.values) for layer in cache.layers]
+        size = sum(k.nbytes + v.nbytes for k, v in kv)
+        key = tuple(ids)
+        if size > self.max_bytes or key in self.entries:
+            return
+        self.entries[key] = kv
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, old = self.entries.popitem(last=False)
+            self.bytes -= sum(k.nbytes + v.nbytes for k, v in old)
+
+
+_session: dict | None = None  # (model, threads) -> (backend, PromptCache) while a judge_session lasts
+
+
+@contextmanager
+def judge_session():
+    """Within this block a local judge's loaded model and its :class:`PromptCache` outlive one evaluation: the next
+    evaluation with the same judge reuses both (a run evaluates its models one after another, against the same
+    reference answers). Everything is released at the end of the block. Nested blocks join the outer one."""
+    global _session
+    if _session is not None:
+        yield
+        return
+    _session = {}
+    try:
+        yield
+    finally:
+        held, _session = _session, None
+        for backend, _ in held.values():
+            backend.close()
+
+
 class LocalLogprobJudge(Judge):
     """The AlpacaEval 2 weighted judge run through a local model (transformers backend)."""
 
@@ -137,10 +208,15 @@ class LocalLogprobJudge(Judge):
         super().__init__(name, model, multilingual)
         self.threads = threads
         self._backend = None
+        self._prompts: PromptCache | None = None
 
     @property
     def backend(self):
         if self._backend is None:
+            key = (self.model, self.threads)
+            if _session is not None and key in _session:
+                self._backend, self._prompts = _session[key]
+                return self._backend
             from harness.backends import TransformersBackend
             from harness.models import resolve_model
 
@@ -148,6 +224,9 @@ class LocalLogprobJudge(Judge):
 
             with phase("load"):
                 self._backend = TransformersBackend(resolve_model(self.model), dtype="float32", threads=self.threads)
+            self._prompts = PromptCache()
+            if _session is not None:
+                _session[key] = (self._backend, self._prompts)
         return self._backend
 
     def _preferences(self, df) -> list[float]:
@@ -173,33 +252,33 @@ class LocalLogprobJudge(Judge):
                        else float("nan"))
         return out
 
-    def _next_token_logprobs(self, ids: list[list[int]]):
-        """log-softmax of the next token after each prompt, in float32. The judge template's opening is the same for
-        every prompt: it runs once, and each prompt continues from its key/value cache (cut back after each), which
-        gives what a whole forward gives up to float rounding (tests/test_eval.py)."""
-        import os
-
+    def _next_token_logprobs(self, ids: list[list[int]], prompts: PromptCache | None = None):
+        """log-softmax of the next token after each prompt, in float32. Each prompt continues from the key/value
+        cache of the longest opening it shares with a prompt read before (``prompts``; the judge's own by default),
+        which gives what a whole forward gives up to float rounding (tests/test_eval.py). The opening that all of
+        ``ids`` share (the judge template's) is read first, once."""
         import torch
 
         model = self.backend.model
-        shared = min(len(os.path.commonprefix(ids)), min(map(len, ids)) - 1) if len(ids) > 1 else 0
-        cache = None
+        prompts = self._prompts if prompts is None else prompts
         with torch.no_grad():
-            if shared > 0:
-                cache = model(input_ids=torch.tensor([ids[0][:shared]]), use_cache=True).past_key_values
+            if len(ids) > 1:
+                shared = min(len(os.path.commonprefix(ids)), min(map(len, ids)) - 1)
+                if shared > prompts.longest(ids[0][:shared])[0]:
+                    head = ids[0][:shared]
+                    prompts.put(head, model(input_ids=torch.tensor([head]), use_cache=True).past_key_values)
             for x in ids:
-                if cache is None:
-                    logits = model(input_ids=torch.tensor([x]), logits_to_keep=1).logits
-                else:
-                    logits = model(input_ids=torch.tensor([x[shared:]]), past_key_values=cache, use_cache=True,
-                                   logits_to_keep=1).logits
-                    cache.crop(shared)
-                yield torch.log_softmax(logits[0, -1].float(), dim=-1)
+                n, key = prompts.longest(x)
+                n = min(n, len(x) - 1)  # at least one token runs: its logits are the answer
+                cache = prompts.restore(key, n) if n > 0 else None
+                out = model(input_ids=torch.tensor([x[n:]]), past_key_values=cache, use_cache=True, logits_to_keep=1)
+                prompts.put(x, out.past_key_values)
+                yield torch.log_softmax(out.logits[0, -1].float(), dim=-1)
 
     def close(self) -> None:
-        if self._backend is not None:
+        if self._backend is not None and not (_session is not None and (self.model, self.threads) in _session):
             self._backend.close()
-            self._backend = None
+        self._backend = self._prompts = None
 
 
 class OpenAICompatJudge(Judge):
@@ -208,8 +287,6 @@ class OpenAICompatJudge(Judge):
     def __init__(self, name: str, model: str, multilingual: bool, base_url: str | None = None,
                  api_key_env: str = "OPENAI_API_KEY", concurrency: int = 4, max_retries: int = 6):
         super().__init__(name, model, multilingual)
-        import os
-
         self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or os.environ.get("OPENAI_API_BASE")
         self.api_key_env = api_key_env
         self.concurrency = concurrency
@@ -222,8 +299,6 @@ class OpenAICompatJudge(Judge):
         self._api_key()
 
     def _api_key(self) -> str:
-        import os
-
         key = os.environ.get(self.api_key_env)
         if not key:
             raise HarnessError(f"judge '{self.name}' needs an API key in the environment variable {self.api_key_env} "

@@ -342,7 +342,7 @@ def test_local_judge_shares_the_template_opening_and_reads_what_a_whole_forward_
     log-probs equal those of whole forwards (float32 rounding), and so do the preferences."""
     import pandas as pd
 
-    from harness.judges import local_logprob
+    from harness.judges import PromptCache, local_logprob
 
     judge = local_logprob(model="smollm2-135m-instruct", threads=2)
     df = pd.DataFrame({"instruction": ["Name a primary colour.", "¿Cuánto es 2 + 2?", "Give a synonym of big."],
@@ -358,12 +358,61 @@ def test_local_judge_shares_the_template_opening_and_reads_what_a_whole_forward_
     shared = os.path.commonprefix(ids)
     assert len(shared) > 100  # the template's opening
     cached = list(judge._next_token_logprobs(ids))
-    whole = [next(judge._next_token_logprobs([x])) for x in ids]  # one prompt: no sharing
+    whole = [next(judge._next_token_logprobs([x], PromptCache())) for x in ids]  # one prompt, nothing held: no sharing
     diff = max(float((a - b).abs().max()) for a, b in zip(cached, whole))
     print(f"\n{len(shared)} shared tokens of {[len(x) for x in ids]}; max |log-prob diff| {diff:.2e}")
     assert diff < 1e-4
     assert all(int(a.argmax()) == int(b.argmax()) for a, b in zip(cached, whole))
     prefs = judge._preferences(df)
-    judge._next_token_logprobs = lambda xs: (next(type(judge)._next_token_logprobs(judge, [x])) for x in xs)
+    judge._next_token_logprobs = lambda xs: (next(type(judge)._next_token_logprobs(judge, [x], PromptCache()))
+                                             for x in xs)
     assert prefs == pytest.approx(judge._preferences(df), abs=1e-4, nan_ok=True)
     judge.close()
+
+
+@pytest.mark.model
+def test_judge_session_keeps_the_model_and_reads_only_what_a_new_prompt_adds():
+    """Two evaluations in one judge session (a run's models, judged against the same reference answers): the second
+    loads no model, continues each prompt from the first evaluation's prompt for the same instruction (everything
+    before the first output that differs: the reference answer too when it is shown first), and reads what whole
+    forwards read. After the session the model is released."""
+    import pandas as pd
+    from alpaca_eval.utils import make_prompts, prompt_to_chatml
+
+    from harness import judges
+    from harness.judges import PromptCache, alpaca_eval_template, judge_session, local_logprob
+
+    instructions = ["Name a primary colour.", "Give a synonym of big.", "What is 2 + 2?"]
+    reference = ["Red is a primary colour, as are blue and yellow in the traditional model.", "Large.",
+                 "2 + 2 = 4, the sum of two and two."]
+    first = pd.DataFrame({"instruction": instructions, "output_1": reference, "output_2": ["Blue.", "Huge.", "4"]})
+    second = first.assign(output_2=["Green?", "Small.", "Five."])
+
+    def prompt_ids(df, tok):
+        return [tok(tok.apply_chat_template(prompt_to_chatml(p), add_generation_prompt=True, tokenize=False),
+                    add_special_tokens=False)["input_ids"] for p in make_prompts(df, alpaca_eval_template(False))[0]]
+
+    with judge_session():
+        a = local_logprob(model="smollm2-135m-instruct", threads=2)
+        backend = a.backend
+        ids_first = prompt_ids(first, backend.tokenizer)
+        list(a._next_token_logprobs(ids_first))
+        a.close()
+        b = local_logprob(model="smollm2-135m-instruct", threads=2)
+        assert b.backend is backend  # the session's model: nothing loaded again
+        ids = prompt_ids(second, backend.tokenizer)
+        before = b._prompts.reused_tokens
+        cached = list(b._next_token_logprobs(ids))
+        reused = b._prompts.reused_tokens - before
+        whole = [next(b._next_token_logprobs([x], PromptCache())) for x in ids]
+        b.close()
+        assert judges._session[("smollm2-135m-instruct", 2)][0] is backend
+    assert judges._session is None
+    # each prompt continues from the same instruction's prompt of the first evaluation: what they share, exactly
+    expected = [min(len(os.path.commonprefix([x, y])), len(x) - 1) for x, y in zip(ids, ids_first)]
+    head = len(os.path.commonprefix(ids))
+    assert reused == sum(expected) and all(e > head for e in expected), (reused, expected, head)
+    diff = max(float((p - q).abs().max()) for p, q in zip(cached, whole))
+    print(f"\nsecond evaluation: {reused} of {sum(map(len, ids))} prompt tokens reused (template opening {head}); "
+          f"max |log-prob diff| {diff:.2e}")
+    assert diff < 1e-4
