@@ -168,6 +168,10 @@ class PromptCache:
         return DynamicCache([(k[..., :n, :], v[..., :n, :]) for k, v in self.entries[key]])
 
     def put(self, ids: list[int], cache) -> None:
+        from transformers.cache_utils import DynamicLayer
+
+        if any(type(layer) is not DynamicLayer for layer in cache.layers):
+            return  # a sliding-window or otherwise trimmed layer cannot be cut back and continued: whole forwards
         kv = [(layer.keys, layer.values) for layer in cache.layers]
         size = sum(k.nbytes + v.nbytes for k, v in kv)
         key = tuple(ids)

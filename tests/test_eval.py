@@ -416,3 +416,31 @@ def test_judge_session_keeps_the_model_and_reads_only_what_a_new_prompt_adds():
     print(f"\nsecond evaluation: {reused} of {sum(map(len, ids))} prompt tokens reused (template opening {head}); "
           f"max |log-prob diff| {diff:.2e}")
     assert diff < 1e-4
+
+
+def test_prompt_cache_restores_openings_and_refuses_trimmed_layers():
+    """PromptCache: the longest shared opening, a fresh cache of exactly its tokens (the entry untouched), eviction of
+    the least recently used past the byte limit, and no entry from a sliding-window layer (it cannot be cut back)."""
+    import types
+
+    import torch
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicSlidingWindowLayer
+
+    from harness.judges import PromptCache
+
+    def cache(n, fill):
+        return DynamicCache([(torch.full((1, 1, n, 2), fill), torch.full((1, 1, n, 2), -fill))])
+
+    held = PromptCache(max_bytes=2 * 2 * 5 * 2 * 4)  # two entries of 5 tokens (k and v, 2 dims, float32)
+    held.put([1, 2, 3, 4, 5], cache(5, 1.0))
+    held.put([1, 2, 9, 9, 9], cache(5, 2.0))
+    assert held.longest([1, 2, 3, 7]) == (3, (1, 2, 3, 4, 5)) and held.longest([8]) == (0, None)
+    restored = held.restore((1, 2, 3, 4, 5), 3)
+    assert restored.get_seq_length() == 3 and float(restored.layers[0].keys.sum()) == 6.0
+    assert held.entries[(1, 2, 3, 4, 5)][0][0].shape[2] == 5 and held.reused_tokens == 3  # the entry is whole
+    held.put([7, 7, 7, 7, 7], cache(5, 3.0))  # over the limit: the least recently used (1, 2, 9, ...) goes
+    assert list(held.entries) == [(1, 2, 3, 4, 5), (7, 7, 7, 7, 7)] and held.bytes == held.max_bytes
+    sliding = types.SimpleNamespace(layers=[DynamicSlidingWindowLayer(sliding_window=4)])
+    held.put([5, 5], sliding)
+    assert (5, 5) not in held.entries
