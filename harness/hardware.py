@@ -32,11 +32,29 @@ def cpu_flags() -> frozenset[str]:
 
 
 def cuda_gpu() -> bool:
-    """An NVIDIA GPU this process may use (the driver's folder; CUDA_VISIBLE_DEVICES="" hides them)."""
+    """An NVIDIA GPU this process may use: the driver's folder lists one, CUDA_VISIBLE_DEVICES does not hide it, and
+    the installed torch is a CUDA build (a CPU build on a GPU machine trains on the CPU: auto must not pick bf16)."""
     if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
         return False
     gpus = Path("/proc/driver/nvidia/gpus")
-    return gpus.is_dir() and any(gpus.iterdir())
+    return gpus.is_dir() and any(gpus.iterdir()) and _torch_cuda_build()
+
+
+@lru_cache(maxsize=None)
+def _torch_cuda_build() -> bool:
+    """torch/version.py names a CUDA version (read as text: importing torch here would slow every config load)."""
+    import importlib.util
+    import re
+
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.origin:
+        return False
+    try:
+        text = (Path(spec.origin).parent / "version.py").read_text()
+    except OSError:
+        return False
+    found = re.search(r"^cuda\b[^=\n]*=\s*(\S+)", text, re.M)
+    return bool(found) and found.group(1) != "None"
 
 
 def cpu_bf16() -> bool:
@@ -70,7 +88,7 @@ def resolve_precision(value: str) -> str:
 
 def slow_bf16_warning(what: str) -> str | None:
     """One line for a bf16 setting on a CPU without bf16 kernels (None where bf16 is fine)."""
-    if cuda_gpu() or cpu_bf16():
+    if fast_bf16():
         return None
     return (f"{what} asks for bf16, but this CPU has no bf16 matmul kernels (no AVX-512 / AMX): bf16 runs in a "
             f"fallback about 40x slower than fp32 here; 'auto' picks fp32 on such a machine")

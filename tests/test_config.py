@@ -74,8 +74,26 @@ def test_auto_precision_is_what_this_cpu_computes_fast(monkeypatch, flags, machi
     assert (cfg.sample.dtype, cfg.eval.dtype, cfg.train.precision) == (dtype, dtype, precision)
     assert cfg.for_iteration(2).sample.dtype == dtype and cfg.train_for(2).precision == precision
     assert cfg.train_for(0).precision == precision and data["train"]["precision"] == precision
+    from harness.stages.train import build_dpo_config
+
+    built = build_dpo_config(cfg.train_for(0), Path("/nonexistent-runs/demo"), 0)  # what the trainer is given
+    assert (built.bf16, built.use_cpu) == ((precision == "bf16_cpu",) * 2)
     explicit, _ = load_config(preset_path("demo"), ["sample.dtype=bfloat16"])
     assert explicit.sample.dtype == "bfloat16"
     notes = Pipeline(explicit, Path("/nonexistent-runs")).preflight(strict=False)
     slow = [n for n in notes if "no bf16 matmul kernels" in n]
     assert slow == ([] if dtype == "bfloat16" else [slow[0]]) and (not slow or "sample.dtype = bfloat16" in slow[0])
+
+
+def test_torch_cuda_build_is_read_without_importing_torch():
+    """auto picks bf16 for a GPU only when the installed torch can use it: its CUDA build is read from
+    torch/version.py as text, and agrees with torch's own answer."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from harness.hardware import _torch_cuda_build; print(_torch_cuda_build(), "
+            "'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    import torch
+
+    assert out == [str(torch.version.cuda is not None), "False"]
