@@ -338,8 +338,8 @@ def bench_train(steps: int = 3, batch_size: int = 8, precision: str | None = Non
     peak_dtype = "bf16" if precision.startswith("bf16") else "fp32"
     peak = matmul_peak({"bf16": "bfloat16", "fp32": "float32"}[peak_dtype])
     achieved = 6 * n_params * tokens / step_s / 1e9
-    return {"precision": precision, "peak_dtype": peak_dtype, "step_s": step_s, "min_s": min(times[1:]), "max_s": max(times[1:]), "times": times[1:],
-            "tokens_per_step": tokens,
+    return {"precision": precision, "peak_dtype": peak_dtype, "step_s": step_s, "min_s": min(times[1:]),
+            "max_s": max(times[1:]), "times": times[1:], "tokens_per_step": tokens,
             "tokens_per_s": tokens / step_s, "gflops": achieved, "peak_gflops": peak, "fraction_of_peak": achieved / peak,
             "warmup_s": times[0], "steps": steps, "setup_s": setup_s, "losses": losses}
 
@@ -357,9 +357,11 @@ def print_train(steps: int = 3) -> dict:
     console.print(f"train, harness (compact CPU LM head): {trl_own['step_s'] / r['step_s']:.2f}x faster steps, "
                   f"setup {r['setup_s']:.1f} s; losses {['%.4f' % x for x in r['losses']]} vs TRL's own "
                   f"{['%.4f' % x for x in trl_own['losses']]}")
-    console.print(f"train (DPO + NLL, {_precision_words(r['precision'])}, batch 8, SmolLM2-135M): median step {r['step_s']:.2f} s over "
+    console.print(f"train (DPO + NLL, {_precision_words(r['precision'])}, batch 8, SmolLM2-135M): median step "
+                  f"{r['step_s']:.2f} s over "
                   f"{r['steps']} steps (min {r['min_s']:.2f}, max {r['max_s']:.2f}; warm-up step {r['warmup_s']:.2f} s), "
                   f"{r['tokens_per_step']:.0f} tokens/step = {r['tokens_per_s']:,.0f} tokens/s, "
-                  f"{r['gflops']:.0f} GFLOP/s = {100 * r['fraction_of_peak']:.1f}% of the {r['peak_dtype']} matmul peak "
+                  f"{r['gflops']:.0f} GFLOP/s = {100 * r['fraction_of_peak']:.1f}% of the {r['peak_dtype']} matmul "
+                  f"peak "
                   f"({r['peak_gflops']:.0f} GFLOP/s measured now)")
     return r

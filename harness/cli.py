@@ -613,7 +613,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--compare", action="store_true",
                    help="instead: time harness compare on 2 models x 5 languages x 805 instructions (no model)")
     b.add_argument("--train", action="store_true",
-                   help="instead: the train stage's DPO + NLL step: tokens/s and fraction of the matmul peak (bf16 where the machine has bf16 kernels, else fp32)")
+                   help="instead: the train stage's DPO + NLL step: tokens/s and fraction of the matmul peak (bf16 "
+                        "where the machine has bf16 kernels, else fp32)")
     b.set_defaults(fn=cmd_bench)
     from harness.annotations import add_score_annotations_parser
 

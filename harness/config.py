@@ -621,15 +621,19 @@ def _resolve_auto(data: dict) -> None:
     differently reruns what changed."""
     from harness.hardware import resolve_dtype, resolve_precision
 
-    sections = [data, *[v for v in (data.get("per_iteration") or {}).values() if isinstance(v, dict)]]
-    for sec in sections:
-        for name in ("sample", "eval"):
-            if isinstance(sec.get(name), dict) and "dtype" in sec[name]:
-                sec[name]["dtype"] = resolve_dtype(sec[name]["dtype"])
-        for train in (sec.get("train"), (sec.get("stage0") or {}).get("train") if isinstance(sec.get("stage0"),
-                                                                                            dict) else None):
-            if isinstance(train, dict) and "precision" in train:
-                train["precision"] = resolve_precision(train["precision"])
+    def section(node, *path):  # the dict at ``path`` under ``node``, or None
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else None
+        return node if isinstance(node, dict) else None
+
+    per_iteration = data.get("per_iteration")
+    for top in [data, *(per_iteration.values() if isinstance(per_iteration, dict) else ())]:
+        for sec in (section(top, "sample"), section(top, "eval")):
+            if sec and "dtype" in sec:
+                sec["dtype"] = resolve_dtype(sec["dtype"])
+        for sec in (section(top, "train"), section(top, "stage0", "train")):
+            if sec and "precision" in sec:
+                sec["precision"] = resolve_precision(sec["precision"])
 
 
 def _override_for(key: str | None, applied: list[tuple[str, str]]) -> str | None:

@@ -215,9 +215,13 @@ class LocalLogprobJudge(Judge):
         self._prompts: PromptCache | None = None
 
     @property
+    def _session_key(self) -> tuple:
+        return self.model, self.threads
+
+    @property
     def backend(self):
         if self._backend is None:
-            key = (self.model, self.threads)
+            key = self._session_key
             if _session is not None and key in _session:
                 self._backend, self._prompts = _session[key]
                 return self._backend
@@ -280,7 +284,8 @@ class LocalLogprobJudge(Judge):
                 yield torch.log_softmax(out.logits[0, -1].float(), dim=-1)
 
     def close(self) -> None:
-        if self._backend is not None and not (_session is not None and (self.model, self.threads) in _session):
+        held = _session.get(self._session_key, (None,))[0] if _session is not None else None
+        if self._backend is not None and self._backend is not held:  # the session closes what it holds
             self._backend.close()
         self._backend = self._prompts = None
 

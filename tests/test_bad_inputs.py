@@ -38,6 +38,8 @@ CASES = [
      ["override train.grad_accum=0", "train.grad_accum must be >= 1"]),
     ("alpha-step-0", ["run", "demo", "pairs.alpha_step=0"], ["override pairs.alpha_step=0", "pairs.alpha_step"]),
     ("eval-chunk-0", ["run", "demo", "--dry-run", "eval.chunk=0"], ["override eval.chunk=0", "eval.chunk"]),
+    ("per-iteration-a-list", ["run", "demo", "--dry-run", "per_iteration=[1, 2]"],
+     ["override per_iteration=[1, 2]", "'per_iteration' must be a mapping"]),
     ("per-iteration-not-mapping", ["run", "demo", "--dry-run", "per_iteration={1: 5}"],
      ["override per_iteration={1: 5}", "per_iteration.1 must be a mapping"]),
     ("per-iteration-bad-unit", ["run", "demo", "--dry-run", "per_iteration={2: {pairs: {length_unit: bytes}}}"],
