@@ -22,6 +22,7 @@ EPILOG_RUN = """examples:
   harness run my.yaml train.beta=0.2 languages=[en,de,fr]
   harness run paper --dry-run                       the paper's GPU setting: plan and counts, no model loaded
   harness run my.yaml --force reward                redo the reward stage (every iteration) and what follows
+  harness run my.yaml --until 1:pairs               stop after iteration 1's pairs (to read them before training)
 """
 
 
@@ -172,13 +173,14 @@ def _run_one(cfg, args: argparse.Namespace, runs_dir: Path, share: bool = False,
     tasks = pipe.plan()
     if args.force:
         pipe.apply_force(args.force)
+    pipe.apply_until(args.until)
     notes = pipe.preflight(strict=not args.dry_run)
     if args.dry_run:
         _print_plan(pipe, tasks, notes, throughput)
         return 0
     _setup_logging(args.debug, pipe.layout.log)
     logging.getLogger("harness").info("run %s -> %s (%d stages, %d to do)", cfg.run_name, pipe.layout.root,
-                                      len(tasks), sum(t.status != "skip" for t in tasks))
+                                      len(tasks), sum(t.status not in ("skip", "held") for t in tasks))
     t0 = time.time()
 
     def on_task(t, what):
@@ -187,6 +189,13 @@ def _run_one(cfg, args: argparse.Namespace, runs_dir: Path, share: bool = False,
 
     pipe.run(on_task)
     _print_summary(pipe, tasks, time.time() - t0)
+    held = [t.label for t in tasks if t.status == "held"]
+    if held:
+        from harness.ui import console
+
+        console.print(f"stopped after {args.until} (--until): {len(held)} stage(s) not run ({', '.join(held)}); the "
+                      "same command without --until goes on from here")
+        return 0
     if cfg.eval.enabled and after:
         from harness.leaderboard.commands import after_run
 
@@ -248,8 +257,8 @@ def _print_plan(pipe, tasks, notes: list[str], throughput=None) -> None:
     for t in tasks:
         w = stage_work(pipe, t)
         row = [t.label, t.status, _plan_counts(pipe, t, w), t.hash]
-        if throughput and t.status == "skip":
-            row.append("done")
+        if throughput and t.status in ("skip", "held"):
+            row.append("done" if t.status == "skip" else "not run (--until)")
         elif throughput:
             secs, what, complete = stage_estimate(pipe, t, throughput, w)
             row.append(f"{fmt_seconds(secs)}{f' ({what})' if what else ''}")
@@ -271,7 +280,7 @@ def _print_plan(pipe, tasks, notes: list[str], throughput=None) -> None:
     for d in pipe.downloads:
         console.print(f"prompts: {d} will be downloaded when the run starts (planned from prompts.limit; the "
                       "sample stages' hashes are provisional until then)")
-    console.print("checked: the trl trainer config (DPOConfig, KTOConfig) of every train stage"
+    console.print("checked: the trl trainer config (DPOConfig, KTOConfig) of every train stage still to run"
                   + (", judge, LC source and reference outputs" if cfg.eval.enabled else ""))
     for note in notes:
         console.print(f"[yellow]this machine cannot run it as configured:[/yellow] {note}")
@@ -289,6 +298,9 @@ def _print_summary(pipe, tasks, seconds: float) -> None:
     for col in ("stage", "status", "seconds", "where the time went", "result"):
         table.add_column(col)
     for t in tasks:
+        if t.status == "held":
+            table.add_row(t.label, "not run (--until)", "", "", "")
+            continue
         rec = read_json(pipe.layout.done_path(t.iteration, t.stage))
         c = rec.get("counts", {})
         secs = rec.get("seconds", 0)
@@ -324,8 +336,9 @@ def _print_summary(pipe, tasks, seconds: float) -> None:
         table.caption = "(seconds): when that stage first ran, not in this run"
     console.print(table)
     k = pipe.cfg.iterations
-    console.print(f"wrote: {pipe.layout.root}/ (run.json, config.yaml, log.txt, iter_*/<stage>/); "
-                  f"final model: {pipe.layout.model_dir(k) if k else pipe.model(0).path}")
+    final = "" if any(t.status == "held" for t in tasks) else \
+        f"; final model: {pipe.layout.model_dir(k) if k else pipe.model(0).path}"
+    console.print(f"wrote: {pipe.layout.root}/ (run.json, config.yaml, log.txt, iter_*/<stage>/){final}")
 
 
 def _fmt(v, scale: float = 1.0) -> str:
@@ -552,6 +565,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "tokens/s (sample, score, train; `harness bench --save FILE` measures them)")
         sp.add_argument("--force", action="append", default=[], metavar="STAGE",
                         help="redo STAGE (or K:STAGE) and everything after it")
+        sp.add_argument("--until", metavar="STAGE", help="run up to and including STAGE (its first occurrence; "
+                        "K:STAGE for iteration K, ref:eval for pi_ref's evaluation), then stop; the same command "
+                        "without it goes on")
         sp.add_argument("--runs-dir", help="root of runs (default: $HARNESS_RUNS or ./runs)")
         sp.add_argument("--run-name", help="name of the run folder (default: the config's run_name)")
         sp.add_argument("--data-dir", help="local copy of the shared data (default: $HARNESS_DATA)")

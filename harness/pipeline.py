@@ -44,7 +44,7 @@ class Task:
     stage: str
     hash: str
     settings: dict
-    status: str = "run"  # run | skip | resume | rerun
+    status: str = "run"  # run | skip | resume | rerun | forced | shared | held (after --until)
     counts: dict = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -187,27 +187,37 @@ class Pipeline:
             return "skip" if rec.get("hash") == t.hash else "rerun"
         return "run"
 
-    def apply_force(self, force: list[str]) -> None:
-        """``--force STAGE`` (every iteration) or ``--force K:STAGE``: redo it and everything after it."""
+    def _first_match(self, spec: str, flag: str) -> int:
+        """The plan position of ``STAGE`` (its first occurrence) or ``K:STAGE`` (iteration K; ``ref`` for pi_ref's
+        evaluation), as ``--force`` and ``--until`` name stages."""
         from harness.stages import STAGES
 
         known = tuple(dict.fromkeys((*self.strategy.stages, *STAGES)))  # the strategy's stages, then the rest
         tasks = self.plan()
-        first = None
-        for f in force:
-            k, _, stage = f.rpartition(":")
-            if stage not in known:
-                raise HarnessError(f"--force {f}: unknown stage '{stage}' ({', '.join(known)})")
-            matches = [i for i, t in enumerate(tasks) if t.stage == stage and
-                       (not k or str(t.iteration) == k or (k == "ref" and t.iteration == REF))]
-            if not matches:
-                have = sorted({"ref" if t.iteration == REF else str(t.iteration) for t in tasks if t.stage == stage})
-                raise HarnessError(f"--force {f}: this run has no stage {f} ({stage} runs at iterations "
-                                   f"{', '.join(have) or 'none'})")
-            first = matches[0] if first is None else min(first, matches[0])
-        if first is not None:
-            for t in tasks[first:]:
+        k, _, stage = spec.rpartition(":")
+        if stage not in known:
+            raise HarnessError(f"{flag} {spec}: unknown stage '{stage}' ({', '.join(known)})")
+        matches = [i for i, t in enumerate(tasks) if t.stage == stage and
+                   (not k or str(t.iteration) == k or (k == "ref" and t.iteration == REF))]
+        if not matches:
+            have = sorted({"ref" if t.iteration == REF else str(t.iteration) for t in tasks if t.stage == stage})
+            raise HarnessError(f"{flag} {spec}: this run has no stage {spec} ({stage} runs at iterations "
+                               f"{', '.join(have) or 'none'})")
+        return matches[0]
+
+    def apply_force(self, force: list[str]) -> None:
+        """``--force STAGE`` (every iteration) or ``--force K:STAGE``: redo it and everything after it."""
+        if force:
+            for t in self.plan()[min(self._first_match(f, "--force") for f in force):]:
                 t.status = "forced"
+
+    def apply_until(self, until: str | None) -> None:
+        """``--until STAGE`` (its first occurrence) or ``--until K:STAGE``: run the plan up to and including it; the
+        later stages that have work to do are held (status ``held``), the finished ones stay skipped."""
+        if until:
+            for t in self.plan()[self._first_match(until, "--until") + 1:]:
+                if t.status != "skip":
+                    t.status = "held"
 
     def preflight(self, strict: bool = True) -> list[str]:
         """What can fail before any model is loaded, checked when the run is planned: the real trl.DPOConfig of
@@ -225,7 +235,12 @@ class Pipeline:
 
         first = 0 if self.given_pi0 is None else 1
         precisions = [("eval.dtype", self.cfg.eval.dtype)] if self.cfg.eval.enabled else []  # (setting, value)
+        # a train stage finished with these settings (skip) or held back by --until trains nothing now: checking it
+        # would only cost the TRL import (~9 s on a 2-core CPU) on every rerun
+        done = {t.iteration for t in self.plan() if t.stage == "train" and t.status in ("skip", "held")}
         for k in range(first, self.cfg.iterations + 1):
+            if k in done:
+                continue
             tc = self.cfg.train_for(k)
             where = "stage0.train" if k == 0 else f"train (iteration {k})"
             precisions.append(("stage0.train.precision" if k == 0 else "train.precision", tc.precision))
@@ -303,7 +318,7 @@ class Pipeline:
         stage keeps its previous result until then, so an interrupted rerun leaves the old result as it was."""
         final = self.layout.stage_dir(t.iteration, t.stage)
         partial = self.layout.partial_dir(t.iteration, t.stage)
-        if t.status == "skip":
+        if t.status in ("skip", "held"):
             return
         if partial.exists() and t.status != "resume":
             shutil.rmtree(partial)

@@ -85,6 +85,12 @@ def test_rerun_skips_everything(finished_run):
     assert r.stderr.count("skipped (done)") == 5
     assert (run / "iter_1/train/_done.json").read_text() == before
     assert time.time() - t0 < 60
+    # nothing to train: the plan's checks do not build a trainer config, so no TRL, torch or model is loaded
+    code = ("import sys; from harness.cli import main\n"
+            f"try: main(['run', {str(cfg)!r}, '--runs-dir', {str(root)!r}])\nexcept SystemExit as e: assert not e.code\n"
+            "print('HEAVY', [m for m in ('torch', 'transformers', 'trl') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert "HEAVY []" in out.stdout, out.stderr[-3000:]
 
 
 def test_changed_setting_reruns_exactly_the_affected_stages(finished_run):
@@ -100,6 +106,13 @@ def test_changed_setting_reruns_exactly_the_affected_stages(finished_run):
               if ln.startswith("│") and "iter_" in ln}
     assert status["iter_1/sample"] == "skip" and status["iter_1/reward"] == "forced"
     assert status["iter_1/train"] == "forced"
+    # --until: the stages after it that have work are held; finished ones stay skipped
+    r = run_cli("run", str(cfg), "--runs-dir", str(root), "--dry-run", "--force", "reward", "--until", "1:reward",
+                env={"COLUMNS": "200"})
+    status = {ln.split("│")[1].strip(): ln.split("│")[2].strip() for ln in r.stderr.splitlines()
+              if ln.startswith("│") and "iter_" in ln}
+    assert status == {"iter_0/train": "skip", "iter_1/sample": "skip", "iter_1/reward": "forced",
+                      "iter_1/pairs": "held", "iter_1/train": "held"}, status
 
 
 def test_sigkill_mid_stage_then_rerun_gives_identical_pairs_and_weights(finished_run, tmp_path):

@@ -115,9 +115,13 @@ def test_a_killed_replica_loses_only_unfinished_chunks(tiny_config, tmp_path, on
     assert proc.returncode != 0 and len(errors) == 1 and "replica died" in errors[0], err[-3000:]
     kept = len(read_jsonl(partial))
     assert 2 <= kept < 8
-    r = run_cli("run", str(cfg), "--runs-dir", str(root), "--debug", "iterations=1")
+    # the rerun stops after the resumed stage (--until): what follows it is not what this test is about
+    r = run_cli("run", str(cfg), "--runs-dir", str(root), "--debug", "iterations=1", "--until", "1:sample",
+                env={"COLUMNS": "200"})
     assert r.returncode == 0, r.stderr[-3000:]
     assert "iter_1/sample: resume" in r.stderr
+    assert "stopped after 1:sample (--until): 3 stage(s) not run" in " ".join(r.stderr.split())
+    assert not (root / "tiny/iter_1/reward").exists() and not (root / "tiny/leaderboard.md").exists()
     rows = read_jsonl(root / "tiny/iter_1/sample/responses.jsonl")
     assert len(rows) == 8 and all(len(x["responses"]) == 2 for x in rows)
 

@@ -322,15 +322,15 @@ def test_a_comparison_shares_stages_isolates_failures_and_builds_one_leaderboard
     cfg = tmp_path / "cmp.yaml"
     cfg.write_text("run_name: cmp\nseed: 7\nlanguages: [en, es]\niterations: 1\n"
                    "strategies: [cross_lingual, multilingual, self_rewarding]\n"
-                   "strategy_options: {}\n"
+                   # one short judgement per answer: the defaults (3 x 256 tokens) took 290 of the test's 350 s
+                   "strategy_options: {self_rewarding: {judge_samples: 1, judge_max_tokens: 8}}\n"
                    "models: {reference: smollm2-135m-instruct}\n"
                    "prompts: {source: ultrafeedback-parallel/demo-subset, limit: 2}\n"
                    "sample: {n: 2, max_tokens: 8, chunk: 2}\nreward: {chunk: 2}\n"
                    "train: {batch_size: 2, max_length: 96, precision: fp32}\n"
                    "stage0: {dataset: builtin:english_prefs, limit: 2}\n"
                    "eval: {enabled: true, limit: 1, max_tokens: 4, languages: [en]}\n")
-    r = run_cli("run", str(cfg), "--runs-dir", str(tmp_path / "runs"), "strategy_options={}",
-                env={"COLUMNS": "300"})
+    r = run_cli("run", str(cfg), "--runs-dir", str(tmp_path / "runs"), env={"COLUMNS": "300"})
     root = tmp_path / "runs" / "cmp"
     assert r.returncode == 2, r.stderr[-3000:]
     assert r.stderr.strip().splitlines()[-1].startswith("harness: error: 1 of 3 strategies failed (self_rewarding)")
@@ -348,8 +348,7 @@ def test_a_comparison_shares_stages_isolates_failures_and_builds_one_leaderboard
                                                  "multilingual/pi_1"]
     assert "shared by cross_lingual, multilingual" in (root / "leaderboard.md").read_text()
     assert (root / "cross_lingual/report/index.html").exists() and (root / "multilingual/report/index.html").exists()
-    again = run_cli("run", str(cfg), "--runs-dir", str(tmp_path / "runs"), "strategy_options={}",
-                    env={"COLUMNS": "300"})
+    again = run_cli("run", str(cfg), "--runs-dir", str(tmp_path / "runs"), env={"COLUMNS": "300"})
     assert again.returncode == 2 and "iter_1/judge: " not in again.stderr  # only the failed pairs stage reruns
 
 
