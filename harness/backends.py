@@ -361,6 +361,12 @@ class VLLMBackend(Backend):
             # Whole prompts per step avoid it (seen with 64 judge prompts of ~430 tokens; tests/test_backends.py).
             engine_options["enable_chunked_prefill"] = False
             engine_options.setdefault("max_num_batched_tokens", max_model_len or _context_length(self.path))
+        import torch
+
+        # vLLM's in-process CPU worker replaces torch.set_num_threads for the whole process with a function that only
+        # warns ("... after the thread binding, skip it"): kept here and put back at close, so the stages that follow
+        # in this process (reward, train, eval) can set their threads again
+        self._set_num_threads = torch.set_num_threads
         self.llm = LLM(model=str(self.path), dtype=self.dtype, enforce_eager=enforce_eager,
                        max_model_len=max_model_len, trust_remote_code=self.spec.trust_remote_code, seed=0,
                        **engine_options)
@@ -401,6 +407,7 @@ class VLLMBackend(Backend):
             self.llm = None
             import torch
 
+            torch.set_num_threads = self._set_num_threads  # see __init__
             torch.set_num_threads(self.threads)  # vLLM lowers torch's thread count "for serving" in-process
 
 

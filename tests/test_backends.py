@@ -100,6 +100,18 @@ def test_vllm_sampling_is_seeded_per_prompt(vllm_backend):
     assert [x.text for x in alone] == [x.text for x in batched]
 
 
+def test_a_closed_vllm_engine_gives_torch_its_threads_back(vllm_backend):
+    """vLLM's CPU worker swaps torch.set_num_threads for a function that only warns; after close() the stages that
+    follow in the same process (reward, train) set their threads again. Closes the module's engine: keep it last."""
+    import torch
+
+    vllm_backend.close()
+    torch.set_num_threads(1)
+    assert torch.get_num_threads() == 1
+    torch.set_num_threads(vllm_backend.threads)
+    assert torch.get_num_threads() == vllm_backend.threads
+
+
 def test_responses_sharing_a_prompt_share_its_forward_pass(hf, monkeypatch):
     """The n samples of a prompt: the prompt runs once and its cache serves each response (prompts of different
     lengths in one batch, responses of similar lengths); an outlier (one long answer among short ones) and a lone
