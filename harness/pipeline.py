@@ -235,18 +235,18 @@ class Pipeline:
 
         first = 0 if self.given_pi0 is None else 1
         precisions = [("eval.dtype", self.cfg.eval.dtype)] if self.cfg.eval.enabled else []  # (setting, value)
-        # a train stage finished with these settings (skip) or held back by --until trains nothing now: checking it
-        # would only cost the TRL import (~9 s on a 2-core CPU) on every rerun
-        done = {t.iteration for t in self.plan() if t.stage == "train" and t.status in ("skip", "held")}
+        # a train stage finished with these settings (skip) or held back by --until trains nothing now: building its
+        # trainer config would only cost the TRL import (~9 s on a 2-core CPU) on every rerun
+        not_training = {t.iteration for t in self.plan() if t.stage == "train" and t.status in ("skip", "held")}
         for k in range(first, self.cfg.iterations + 1):
-            if k in done:
-                continue
             tc = self.cfg.train_for(k)
             where = "stage0.train" if k == 0 else f"train (iteration {k})"
             precisions.append(("stage0.train.precision" if k == 0 else "train.precision", tc.precision))
             if k >= 1:
                 ck = self.cfg.for_iteration(k)
                 precisions += [("sample.dtype", ck.sample.dtype), ("reward.dtype", ck.reward.dtype)]
+            if k in not_training:
+                continue
             if tc.precision == "bf16" and not _has_gpu():
                 machine_problem(f"{where}: precision bf16 needs a GPU (none found); on a CPU use bf16_cpu "
                                 "(bf16 autocast) or fp32")
