@@ -98,7 +98,7 @@ def uneven_responses(prompts: list[str], samples: list[list[str]], long_tokens: 
 
 
 def run_bench(backends: list[str], n_prompts: int = 16, max_tokens: int = 64, n: int = 4, repeats: int = 3,
-              long_tokens: int = 768, train: bool = True, n_float64: int = 8) -> dict:
+              long_tokens: int = 768, train: bool = True, n_float64: int = 8, train_batch: int = 8) -> dict:
     """One table: per backend, sampling and scoring tokens/s (median of ``repeats``, with the spread), scoring against
     the authors' scorer on the same inputs and as a share of the fp32 matmul peak measured in this process, and
     (``train``) a DPO + NLL step of the train stage against the peak of its precision (bf16 where this machine has
@@ -167,9 +167,9 @@ def run_bench(backends: list[str], n_prompts: int = 16, max_tokens: int = 64, n:
     train_row = None
     if train:
         console.print("[bold]train[/bold]: DPO + NLL steps of the train stage ...")
-        r = bench_train(steps=repeats)
+        r = bench_train(steps=repeats, batch_size=train_batch)
         train_row = r
-        rows.append((f"train step (DPO + NLL, {_precision_words(r['precision'])}, batch 8)", r["tokens_per_s"], None,
+        rows.append((f"train step (DPO + NLL, {_precision_words(r['precision'])}, batch {train_batch})", r["tokens_per_s"], None,
                      f"{100 * r['fraction_of_peak']:.1f}% of {r['peak_dtype']} ({r['peak_gflops']:,.0f} GFLOP/s)",
                      _spread(r["times"]), f"{r['tokens_per_step']:.0f} tokens/step, median step {r['step_s']:.2f} s"))
     table = Table(title=f"harness bench: SmolLM2-135M-Instruct, fp32 unless said; median of {repeats} repeats")
@@ -348,16 +348,16 @@ def _precision_words(precision: str) -> str:
     return {"bf16_cpu": "bf16 autocast", "bf16": "bf16", "fp32": "fp32"}.get(precision, precision)
 
 
-def print_train(steps: int = 3) -> dict:
-    trl_own = bench_train(steps=steps, compact_head=False)
-    r = bench_train(steps=steps)
+def print_train(steps: int = 3, batch_size: int = 8) -> dict:
+    trl_own = bench_train(steps=steps, batch_size=batch_size, compact_head=False)
+    r = bench_train(steps=steps, batch_size=batch_size)
     console.print(f"train, TRL's own CPU LM head: median step {trl_own['step_s']:.2f} s (min {trl_own['min_s']:.2f}, "
                   f"max {trl_own['max_s']:.2f}), setup with reference pass {trl_own['setup_s']:.1f} s, "
                   f"{100 * trl_own['fraction_of_peak']:.1f}% of the {trl_own['peak_dtype']} peak")
     console.print(f"train, harness (compact CPU LM head): {trl_own['step_s'] / r['step_s']:.2f}x faster steps, "
                   f"setup {r['setup_s']:.1f} s; losses {['%.4f' % x for x in r['losses']]} vs TRL's own "
                   f"{['%.4f' % x for x in trl_own['losses']]}")
-    console.print(f"train (DPO + NLL, {_precision_words(r['precision'])}, batch 8, SmolLM2-135M): median step "
+    console.print(f"train (DPO + NLL, {_precision_words(r['precision'])}, batch {batch_size}, SmolLM2-135M): median step "
                   f"{r['step_s']:.2f} s over "
                   f"{r['steps']} steps (min {r['min_s']:.2f}, max {r['max_s']:.2f}; warm-up step {r['warmup_s']:.2f} s), "
                   f"{r['tokens_per_step']:.0f} tokens/step = {r['tokens_per_s']:,.0f} tokens/s, "

@@ -507,7 +507,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from harness.bench import run_bench
     from harness.registry import REGISTRY
 
-    for flag, v in (("--prompts", args.prompts), ("--max-tokens", args.max_tokens), ("--repeats", args.repeats)):
+    for flag, v in (("--prompts", args.prompts), ("--max-tokens", args.max_tokens), ("--repeats", args.repeats),
+                    ("--long-tokens", args.long_tokens), ("--train-batch", args.train_batch)):
         if v < 1:
             raise HarnessError(f"{flag} must be >= 1, got {v}")
     for name in args.backends:
@@ -524,12 +525,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     elif args.train:
         from harness.bench import print_train
 
-        print_train(steps=args.repeats)
+        print_train(steps=args.repeats, batch_size=args.train_batch)
     else:
         if args.save and args.no_train:
             raise HarnessError("--save writes the train step's tokens/s too: leave out --no-train")
         result = run_bench(args.backends, n_prompts=args.prompts, max_tokens=args.max_tokens, repeats=args.repeats,
-                           train=not args.no_train)
+                           long_tokens=args.long_tokens, train=not args.no_train, train_batch=args.train_batch)
         if args.save:
             from harness.bench import save_throughput
 
@@ -621,6 +622,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--prompts", type=int, default=16)
     b.add_argument("--max-tokens", type=int, default=64)
     b.add_argument("--repeats", type=int, default=3, help="timed repeats per row (the median and spread are shown)")
+    b.add_argument("--long-tokens", type=int, default=768, help="length of the one long response added per prompt to "
+                   "the scored set (real responses reach 2,400 tokens)")
+    b.add_argument("--train-batch", type=int, default=8, help="pairs per optimizer step in the training row")
     b.add_argument("--no-train", action="store_true", help="leave out the training row")
     b.add_argument("--save", metavar="FILE", help="write the measured tokens/s to FILE, the throughput file of "
                    "`harness run CONFIG --dry-run --throughput FILE`")

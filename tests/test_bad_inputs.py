@@ -104,6 +104,7 @@ CASES = [
     ("ls-unknown-kind", ["ls", "modles"], ["invalid choice: 'modles'"]),
     ("bench-prompts-0", ["bench", "--prompts", "0"], ["--prompts must be >= 1"]),
     ("bench-repeats-0", ["bench", "--repeats", "0"], ["--repeats must be >= 1"]),
+    ("bench-train-batch-0", ["bench", "--train-batch", "0"], ["--train-batch must be >= 1"]),
     ("bench-backend-unknown", ["bench", "--backends", "tensorrt"], ["--backends: unknown backend 'tensorrt'"]),
     ("eval-override-after-languages", ["eval", "smollm2-135m-instruct", "--languages", "de", "es", "eval.chunk=0"],
      ["override eval.chunk=0", "eval.chunk must be >= 1"]),

@@ -25,11 +25,14 @@ def test_uneven_workload_keeps_every_sample_and_adds_one_long_response_per_promp
 
 
 def test_bench_prints_sampling_scoring_and_training_in_one_table(tmp_path):
+    # a small workload: long responses of 256 tokens (default 768) and 4 pairs per training step (default 8)
     r = run_cli("bench", "--backends", "transformers", "--prompts", "2", "--max-tokens", "8", "--repeats", "1",
-                "--save", str(tmp_path / "tp.yaml"), env={"COLUMNS": "250"})
+                "--long-tokens", "256", "--train-batch", "4", "--save", str(tmp_path / "tp.yaml"),
+                env={"COLUMNS": "250"})
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout + r.stderr
-    for row in ("transformers sampling", "transformers scoring", "reference scoring", "train step (DPO + NLL"):
+    for row in ("transformers sampling", "transformers scoring", "reference scoring", "train step (DPO + NLL",
+                "batch 4)"):
         assert row in out, row
     assert re.search(r"transformers scoring .*\d+\.\d\dx .*% of fp32", out), out[-3000:]
     assert re.search(r"train step .*% of (bf16|fp32)", out), out[-3000:]

@@ -87,7 +87,7 @@ def test_eval_writes_alpacaeval_files_and_rerun_makes_no_judge_call(tmp_path):
 
 @pytest.mark.model
 def test_killed_evaluation_resumes_without_repeating_judged_pairs(tmp_path):
-    args = [sys.executable, "-m", "harness", "eval", "smollm2-135m-instruct", "--languages", "en", "--limit", "10",
+    args = [sys.executable, "-m", "harness", "eval", "smollm2-135m-instruct", "--languages", "en", "--limit", "6",
             "--max-tokens", "8", "--runs-dir", str(tmp_path)]
     proc = subprocess.Popen(args, cwd=REPO, env=dict(os.environ, CI="1"), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
@@ -95,12 +95,12 @@ def test_killed_evaluation_resumes_without_repeating_judged_pairs(tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     done_before = cache.read_text().count("\n")
-    assert 1 <= done_before < 10
+    assert 1 <= done_before < 6
     r = run_cli(*args[3:])
     assert r.returncode == 0, r.stderr[-2000:]
-    assert f"{10 - done_before} judge calls" in r.stderr
+    assert f"{6 - done_before} judge calls" in r.stderr
     keys = [json.loads(x)["key"] for x in cache.read_text().splitlines()]
-    assert len(keys) == len(set(keys)) == 10
+    assert len(keys) == len(set(keys)) == 6
 
 
 @pytest.mark.model

@@ -118,6 +118,10 @@ def test_changed_setting_reruns_exactly_the_affected_stages(finished_run):
 def test_sigkill_mid_stage_then_rerun_gives_identical_pairs_and_weights(finished_run, tmp_path):
     cfg, _, ref_run, _ = finished_run
     root = tmp_path / "killed"
+    # the finished run up to its sample stage (stage 0 and the sampling are not what is killed here)
+    shutil.copytree(ref_run, root / "tiny")
+    for stage in ("reward", "pairs", "train"):
+        shutil.rmtree(root / "tiny/iter_1" / stage)
     env = dict(os.environ, CI="1")
     proc = subprocess.Popen([sys.executable, "-m", "harness", "run", str(cfg), "--runs-dir", str(root)], cwd=REPO,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

@@ -160,7 +160,7 @@ def test_compact_cpu_lm_head_gives_trls_log_probs_and_loss(tmp_path):
 
     spec = resolve_model("smollm2-135m-instruct")
     tok = AutoTokenizer.from_pretrained(spec.local_path())
-    pairs, _ = load_english_prefs("builtin:english_prefs", 8)
+    pairs, _ = load_english_prefs("builtin:english_prefs", 4)  # one step of 4; the reference pass reads all
     rows = [{"prompt": format_prompt(spec, tok, p.prompt), "chosen": p.chosen + tok.eos_token,
              "rejected": p.rejected + tok.eos_token} for p in pairs]
     from harness.hardware import cpu_bf16
@@ -168,7 +168,8 @@ def test_compact_cpu_lm_head_gives_trls_log_probs_and_loss(tmp_path):
     tc = TrainConfig(batch_size=4, precision="bf16_cpu" if cpu_bf16() else "fp32", max_length=128,
                      extra={"max_steps": 1})
     out = {}
-    for compact in (False, True, "stage", "fp32"):
+    # without bf16 kernels the stage already trains in fp32: its run is the fp32 one (a fourth would repeat it)
+    for compact in (False, True, "stage", "fp32") if cpu_bf16() else (False, True, "stage"):
         torch.manual_seed(0)
         if compact == "fp32":
             tc = TrainConfig(batch_size=4, precision="fp32", max_length=128, extra={"max_steps": 1})
@@ -194,7 +195,7 @@ def test_compact_cpu_lm_head_gives_trls_log_probs_and_loss(tmp_path):
     assert torch.allclose(ref_a, ref_b, atol=2e-3, rtol=0)  # bf16 autocast: the GEMM's row count may change blocking
     assert loss_a == pytest.approx(loss_b, abs=2e-3) and g_a == pytest.approx(g_b, rel=1e-2)
     ref_c, loss_c, g_c = out["stage"]
-    ref_f, loss_f, _ = out["fp32"]
+    ref_f, loss_f, _ = out.get("fp32", out["stage"])
     err_sdpa, err_eager = (ref_b - ref_f).abs(), (ref_c - ref_f).abs()
     print(f"vs float32: sdpa mean {float(err_sdpa.mean()):.3f} max {float(err_sdpa.max()):.3f} nats, eager mean "
           f"{float(err_eager.mean()):.3f} max {float(err_eager.max()):.3f}; loss {loss_b:.5f} / {loss_c:.5f} / "
