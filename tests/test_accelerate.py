@@ -15,7 +15,7 @@ from harness.io import read_json
 pytestmark = pytest.mark.model
 
 # stage 0 only: 8 English pairs, global batch 4 -> 2 optimizer steps; fp32 and no warm-up, so the weights move
-TRAIN = ["iterations=0", "stage0.limit=8", "train.warmup_ratio=0.0", "train.precision=fp32", "train.max_length=96"]
+TRAIN = ["iterations=0", "stage0.limit=8", "train.warmup_ratio=0.0", "train.precision=fp32", "train.max_length=64"]
 
 
 # no port given: each launch picks a free one (a fixed port failed CI once when something else held it)
@@ -106,16 +106,18 @@ def test_two_processes_match_one_with_the_same_global_batch(runs):
     assert m1["steps"] == m2["steps"] == 2 and m1["pairs"] == m2["pairs"] == 8
     # the same optimizer steps on the same pairs. Not bit-equal: each process normalises the NLL term by its own
     # tokens (TRL's per-batch mean) before the gradients are averaged, so loss and update differ slightly. Measured
-    # when written (fp32, 2 steps): losses [2.7946, 2.8542] vs [2.7819, 2.8617] (|diff| <= 0.013), weights max
-    # |diff| 3.0e-5, |dtheta| 0.1335080 vs 0.1335071
+    # (fp32, 2 steps): at max_length 96 losses [2.7946, 2.8542] vs [2.7819, 2.8617] (|diff| <= 0.013), weights max
+    # |diff| 3.0e-5, |dtheta| 0.1335080 vs 0.1335071; at 64 (since 2026-12-07: the module's 4 runs 203 -> 140 s)
+    # losses [2.9486, 2.8657] vs [2.9010, 2.8657] (|diff| <= 0.048: truncation evens out the tokens per sequence less),
+    # |dtheta| 0.1334061 vs 0.1333879 (1.4e-4 relative)
     l1 = [h["loss"] for h in m1["log_history"] if "loss" in h]
     l2 = [h["loss"] for h in m2["log_history"] if "loss" in h]
-    assert len(l1) == len(l2) == 2 and max(abs(a - b) for a, b in zip(l1, l2)) < 0.03, (l1, l2)
+    assert len(l1) == len(l2) == 2 and max(abs(a - b) for a, b in zip(l1, l2)) < 0.08, (l1, l2)
     a, b = _tensors(root / "one/tiny/iter_0/train/model"), _tensors(stage / "model")
     assert a.keys() == b.keys()
     worst = max(float(abs(a[k] - b[k]).max()) for k in a)
     assert worst < 1e-4, worst
-    assert m1["param_change_l2"] > 0 and m2["param_change_l2"] == pytest.approx(m1["param_change_l2"], rel=1e-4)
+    assert m1["param_change_l2"] > 0 and m2["param_change_l2"] == pytest.approx(m1["param_change_l2"], rel=5e-4)
     print(f"\n2 processes vs 1: losses {l1} vs {l2}; weights max |diff| {worst:.2e}")
     # where the launched stage's time went: the main process's own phases, and the launch around them
     split = read_json(stage / "_done.json")["time"]
