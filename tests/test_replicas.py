@@ -18,7 +18,7 @@ pytestmark = pytest.mark.model
 def _run(tmp_path, stages, *extra):
     from harness.pipeline import Pipeline
 
-    cfg, _ = load_config(None, ["run_name=dp", "seed=5", "languages=[en,es]", "iterations=1", "prompts.limit=3",
+    cfg, _ = load_config(None, ["run_name=dp", "seed=5", "languages=[en,es]", "iterations=1", "prompts.limit=2",
                                 "models.policy=smollm2-135m-instruct", "sample.n=2", "sample.max_tokens=8",
                                 "sample.chunk=1", "reward.chunk=2", "backend.threads=1", *extra])
     pipe = Pipeline(cfg, tmp_path)
@@ -40,7 +40,7 @@ def test_two_vllm_replicas_sample_what_one_samples(tmp_path):
     one, h1 = _sample(tmp_path / "one", "backend.sample=vllm")
     two, h2 = _sample(tmp_path / "two", "backend.sample=vllm", "backend.replicas=2")
     assert h1 == h2  # the replica count is not part of what the stage computes
-    assert len(one) == 6 and all(len(r["responses"]) == 2 for r in one)
+    assert len(one) == 4 and all(len(r["responses"]) == 2 for r in one)
     assert one == two
 
 
@@ -79,12 +79,12 @@ def test_two_replicas_score_what_one_scores(tmp_path, monkeypatch):
         ray_lib.shutdown()  # a run keeps Ray up until it exits; the rest of the suite does not need it
     assert h3 == h1 and used[2:] == [(2, "ray")] * 2
     a = read_jsonl(one / "reward/rewards.jsonl")
-    assert len(a) == 6
+    assert len(a) == 4
     for other, what in ((two, "2 replicas"), (ray, "2 Ray replicas")):
         assert read_jsonl(one / "sample/responses.jsonl") == read_jsonl(other / "sample/responses.jsonl"), what
         b = read_jsonl(other / "reward/rewards.jsonl")
         rewards = [(x["reward"], y["reward"]) for r, q in zip(a, b) for x, y in zip(r["responses"], q["responses"])]
-        assert len(rewards) == 12 and any(x != 0 for x, _ in rewards)
+        assert len(rewards) == 8 and any(x != 0 for x, _ in rewards)
         worst = max(abs(x - y) for x, y in rewards)
         assert worst < 1e-4, (what, worst)
         print(f"\nrewards, {what} vs 1: max |diff| {worst:.1e} nats")
