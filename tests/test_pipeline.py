@@ -146,7 +146,9 @@ def test_translate_en_lora_and_previous_reference(tiny_config, tmp_path):
                       "learning_rate: 1.0e-4, lora: {r: 4, alpha: 8}}\nlanguages: [es]\n"
                       "eval: {enabled: true, limit: 2, max_tokens: 8}\n", name="rt.yaml")
     root = tmp_path / "runs"
-    r = run_cli("run", str(cfg), "--runs-dir", str(root), "sample.n=2", env={"COLUMNS": "400"})
+    # 2 prompts, 2 stage-0 pairs: one optimizer step per train stage
+    r = run_cli("run", str(cfg), "--runs-dir", str(root), "sample.n=2", "prompts.limit=2", "stage0.limit=2",
+                env={"COLUMNS": "400"})
     assert r.returncode == 0, r.stderr[-3000:]
     run = root / "tiny"
     rows = read_jsonl(run / "iter_1/reward/rewards.jsonl")
