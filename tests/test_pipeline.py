@@ -220,7 +220,8 @@ def test_kill_while_writing_a_checkpoint_resumes_from_the_newest_complete_one(ti
     """SIGKILL while the trainer writes checkpoint-3 (trainer_state.json torn): the rerun drops that folder, resumes
     from checkpoint-2 and ends with the weights of an uninterrupted run (it used to crash on every rerun)."""
     cfg = tiny_config("iterations: 0\n", name="ckpt.yaml")
-    steps = ["stage0.limit=3", "train.batch_size=1", "train.warmup_ratio=0.0"]  # 3 steps: killed in the last one
+    # 3 steps, killed in the last one; short sequences (what is checked is the resume, not the length)
+    steps = ["stage0.limit=3", "train.batch_size=1", "train.warmup_ratio=0.0", "train.max_length=48"]
     over = [*steps, "train.save_steps=1", "train.save_total_limit=3"]
     ref = run_cli("run", str(cfg), "--runs-dir", str(tmp_path / "ref"), *steps)  # no checkpoints: they change nothing
     assert ref.returncode == 0, ref.stderr[-3000:]
