@@ -169,7 +169,8 @@ def run_bench(backends: list[str], n_prompts: int = 16, max_tokens: int = 64, n:
         console.print("[bold]train[/bold]: DPO + NLL steps of the train stage ...")
         r = bench_train(steps=repeats, batch_size=train_batch)
         train_row = r
-        rows.append((f"train step (DPO + NLL, {_precision_words(r['precision'])}, batch {train_batch})", r["tokens_per_s"], None,
+        rows.append((f"train step (DPO + NLL, {_precision_words(r['precision'])}, batch {r['batch_size']})",
+                     r["tokens_per_s"], None,
                      f"{100 * r['fraction_of_peak']:.1f}% of {r['peak_dtype']} ({r['peak_gflops']:,.0f} GFLOP/s)",
                      _spread(r["times"]), f"{r['tokens_per_step']:.0f} tokens/step, median step {r['step_s']:.2f} s"))
     table = Table(title=f"harness bench: SmolLM2-135M-Instruct, fp32 unless said; median of {repeats} repeats")
@@ -341,7 +342,8 @@ def bench_train(steps: int = 3, batch_size: int = 8, precision: str | None = Non
     return {"precision": precision, "peak_dtype": peak_dtype, "step_s": step_s, "min_s": min(times[1:]),
             "max_s": max(times[1:]), "times": times[1:], "tokens_per_step": tokens,
             "tokens_per_s": tokens / step_s, "gflops": achieved, "peak_gflops": peak, "fraction_of_peak": achieved / peak,
-            "warmup_s": times[0], "steps": steps, "setup_s": setup_s, "losses": losses}
+            "warmup_s": times[0], "steps": steps, "setup_s": setup_s, "losses": losses,
+            "batch_size": trainer.args.per_device_train_batch_size}  # as the built trainer has it
 
 
 def _precision_words(precision: str) -> str:
@@ -357,8 +359,8 @@ def print_train(steps: int = 3, batch_size: int = 8) -> dict:
     console.print(f"train, harness (compact CPU LM head): {trl_own['step_s'] / r['step_s']:.2f}x faster steps, "
                   f"setup {r['setup_s']:.1f} s; losses {['%.4f' % x for x in r['losses']]} vs TRL's own "
                   f"{['%.4f' % x for x in trl_own['losses']]}")
-    console.print(f"train (DPO + NLL, {_precision_words(r['precision'])}, batch {batch_size}, SmolLM2-135M): median step "
-                  f"{r['step_s']:.2f} s over "
+    console.print(f"train (DPO + NLL, {_precision_words(r['precision'])}, batch {r['batch_size']}, SmolLM2-135M): "
+                  f"median step {r['step_s']:.2f} s over "
                   f"{r['steps']} steps (min {r['min_s']:.2f}, max {r['max_s']:.2f}; warm-up step {r['warmup_s']:.2f} s), "
                   f"{r['tokens_per_step']:.0f} tokens/step = {r['tokens_per_s']:,.0f} tokens/s, "
                   f"{r['gflops']:.0f} GFLOP/s = {100 * r['fraction_of_peak']:.1f}% of the {r['peak_dtype']} matmul "

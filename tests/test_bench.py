@@ -36,6 +36,9 @@ def test_bench_prints_sampling_scoring_and_training_in_one_table(tmp_path):
         assert row in out, row
     assert re.search(r"transformers scoring .*\d+\.\d\dx .*% of fp32", out), out[-3000:]
     assert re.search(r"train step .*% of (bf16|fp32)", out), out[-3000:]
+    # --long-tokens reaches the scored set: its longest sequences are a prompt plus ~256 tokens, not ~768
+    longest = int(re.search(r"\d+ sequences of \d+-(\d+) tokens", out).group(1))
+    assert 256 <= longest < 768, longest
     # ours within 1e-3 nats of float64 on the longest sequences; the authors' fp32 scorer is shown, not bounded (it
     # drifts past 1e-3 on ~800-token responses: 2.75e-3 when this test was written)
     diff = float(re.search(r"agreement with float64, transformers: max \|diff\| (\S+) nats", out).group(1))

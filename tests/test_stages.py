@@ -165,11 +165,11 @@ def test_compact_cpu_lm_head_gives_trls_log_probs_and_loss(tmp_path):
              "rejected": p.rejected + tok.eos_token} for p in pairs]
     from harness.hardware import cpu_bf16
 
-    tc = TrainConfig(batch_size=4, precision="bf16_cpu" if cpu_bf16() else "fp32", max_length=128,
-                     extra={"max_steps": 1})
+    bf16 = cpu_bf16()
+    tc = TrainConfig(batch_size=4, precision="bf16_cpu" if bf16 else "fp32", max_length=128, extra={"max_steps": 1})
     out = {}
     # without bf16 kernels the stage already trains in fp32: its run is the fp32 one (a fourth would repeat it)
-    for compact in (False, True, "stage", "fp32") if cpu_bf16() else (False, True, "stage"):
+    for compact in (False, True, "stage", "fp32") if bf16 else (False, True, "stage"):
         torch.manual_seed(0)
         if compact == "fp32":
             tc = TrainConfig(batch_size=4, precision="fp32", max_length=128, extra={"max_steps": 1})

@@ -116,7 +116,8 @@ def test_a_plugin_strategy_runs_through_the_stages(tiny_config, tmp_path):
 def test_english_only_samples_and_pairs_english_only(tiny_config, tmp_path):
     cfg = tiny_config("strategy: english_only\n")
     # pi_0 given (no stage 0), and no training after the pairs: what this test checks ends there
-    r = run_cli("run", str(cfg), "--runs-dir", str(tmp_path), "models.policy=smollm2-135m-instruct", "--until", "1:pairs")
+    r = run_cli("run", str(cfg), "--runs-dir", str(tmp_path), "models.policy=smollm2-135m-instruct",
+                "--until", "1:pairs")
     assert r.returncode == 0, r.stderr[-3000:]
     run = tmp_path / "tiny"
     assert {row["lang"] for row in read_jsonl(run / "iter_1/sample/responses.jsonl")} == {"en"}
