@@ -45,11 +45,24 @@ def derive_seed(*parts: Any) -> int:
     return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
 
 
-def available_cores() -> int:
+def usable_cores() -> list[int]:
+    """The CPU ids this process may run on, sorted: its affinity (taskset, Slurm's or a container's cpuset), which
+    child processes inherit. Not 0..n-1: under ``taskset -c 4-7`` or a Slurm allocation those are someone else's."""
     try:
-        return len(os.sched_getaffinity(0))
+        return sorted(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+        return list(range(os.cpu_count() or 1))
+
+
+def available_cores() -> int:
+    return len(usable_cores())
+
+
+def bind_list(threads: int, first: int = 0) -> str:
+    """vLLM's VLLM_CPU_OMP_THREADS_BIND for ``threads`` threads: the usable cores from position ``first`` on
+    (wrapping round when they run out), e.g. "4,5". vLLM pins one OpenMP thread to each."""
+    cores = usable_cores()
+    return ",".join(str(cores[(first + k) % len(cores)]) for k in range(max(1, threads)))
 
 
 def threads_per_process(threads: int | None, processes: int = 1) -> int:
@@ -327,7 +340,7 @@ def _cut_stop(text: str, stops: Sequence[str]) -> str:
 def configure_vllm_env(threads: int) -> None:
     """vllm-cpu needs a KV-cache size and a thread binding (ENVIRONMENT.md); GPU installs ignore both."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{max(threads - 1, 0)}")
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", bind_list(threads))  # this process's cores, not 0..n-1
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine in-process: no spawn guard needed
 
 

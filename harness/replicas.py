@@ -41,11 +41,11 @@ def _start(name: str, spec, options: dict, threads: int, gpus: list[list[str]], 
     with counter.get_lock():
         index = counter.value
         counter.value += 1
-    first = index * threads
-    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = f"{first}-{first + threads - 1}"
+    from harness.backends import bind_list, load_backend
+
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = bind_list(threads, first=index * threads)  # its share of our cores
     if gpus[index]:  # before anything initialises CUDA in this process
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[index])
-    from harness.backends import load_backend
 
     _BACKEND = load_backend(name, spec, threads=threads, **options)
 

@@ -170,6 +170,36 @@ def test_vllm_sampling_params_carry_every_decoding_setting():
         (3, 0.55, 0.85, 17, 11, 1.1, ["<|im_end|>"]), (3, 0.55, 0.85, 17, 12, 1.1, ["<|im_end|>"])]
 
 
+def test_vllm_threads_bind_to_the_cores_this_process_may_use(monkeypatch):
+    """vLLM pins one OpenMP thread to each core in VLLM_CPU_OMP_THREADS_BIND: those are the cores this process may
+    run on (taskset, a Slurm allocation), not 0..n-1, and replicas take disjoint shares of them in turn."""
+    import os
+    import subprocess
+    import sys
+
+    from harness import backends
+
+    last = max(os.sched_getaffinity(0))
+    code = ("import os, sys; os.sched_setaffinity(0, {int(sys.argv[1])})\n"
+            "from harness.backends import available_cores, configure_vllm_env\n"
+            "configure_vllm_env(available_cores()); print(os.environ['VLLM_CPU_OMP_THREADS_BIND'])")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_")}
+    r = subprocess.run([sys.executable, "-c", code, str(last)], env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.split() == [str(last)], r.stderr[-2000:]
+    monkeypatch.setattr(backends, "usable_cores", lambda: [4, 5, 6, 7])  # e.g. under taskset -c 4-7
+    assert [backends.bind_list(2, first=i * 2) for i in range(2)] == ["4,5", "6,7"]  # replicas 0 and 1
+    assert backends.bind_list(3, first=2) == "6,7,4" and backends.bind_list(0) == "4"
+
+
+@pytest.mark.vllm
+def test_vllm_reads_our_thread_binding_as_those_cores():
+    from vllm.utils.cpu_resource_utils import parse_id_list
+
+    from harness.backends import bind_list, usable_cores
+
+    assert parse_id_list(bind_list(len(usable_cores()))) == usable_cores()
+
+
 # -- sampling, reward, pairs through the real stages -------------------------------------------------------------
 CALLS: list[tuple] = []
 
