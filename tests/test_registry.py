@@ -32,8 +32,9 @@ def test_unknown_name_suggests_and_lists():
 
 
 def test_duplicate_registration_fails():
+    reg = Registry().load()  # not the shared REGISTRY: before its lazy load, this "de" would make the built-in clash
     with pytest.raises(HarnessError, match="registered twice"):
-        REGISTRY.add("languages", "de", object(), "again")
+        reg.add("languages", "de", object(), "again")
 
 
 def _install_plugin(tmp_path, monkeypatch, body: str) -> None:
