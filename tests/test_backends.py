@@ -26,7 +26,10 @@ def hf():
 
 @pytest.fixture(scope="module")
 def vllm_backend():
-    be = VLLMBackend(resolve_model("smollm2-135m-instruct"), dtype="float32")
+    # a 2,048-token context: whole prompts per engine step then means at most 2,048 prompt tokens per step, so the
+    # long-prompt test below crosses that budget with 6 prompts (3,606 tokens), not 24 (> 8,192). With chunked prefill
+    # on, those 6 fail as the 24 did ("CPU Generator does not use offset"; checked by hand on 2026-12-07)
+    be = VLLMBackend(resolve_model("smollm2-135m-instruct"), dtype="float32", max_model_len=2048)
     yield be
     be.close()
 
@@ -76,18 +79,20 @@ def test_transformers_sampling_is_seeded(hf):
 
 
 def test_vllm_seeded_sampling_of_many_long_prompts(vllm_backend):
-    """More prompt tokens than one engine step takes (24 x ~430 > 8,192): on vLLM's CPU runner chunked prefill then
-    splits a seeded prompt and fails ("CPU Generator does not use offset"); the backend keeps prompts whole there.
-    Each prompt's samples stay its own (the same alone as in the crowd)."""
+    """More prompt tokens than one engine step takes (6 x ~600 > the engine's budget of 2,048; the bug was first
+    seen with 64 x ~430 > 8,192): on vLLM's CPU runner chunked prefill then splits a seeded prompt and fails ("CPU
+    Generator does not use offset"); the backend keeps prompts whole there. Each prompt's samples stay its own (the
+    same alone as in the crowd)."""
     be = vllm_backend
     words = "alpha beta gamma delta epsilon zeta eta theta iota kappa ".split()
     prompts = [be.format_prompt(f"Repeat after me, then add one word ({i}): " + " ".join(words[(i + k) % 10]
                                                                                      for k in range(400)))
-               for i in range(24)]
-    assert sum(len(be.tokenizer(p)["input_ids"]) for p in prompts) > 8192
+               for i in range(6)]
+    budget = be.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
+    assert budget == 2048 and sum(len(be.tokenizer(p)["input_ids"]) for p in prompts) > budget
     kw = dict(n=2, temperature=0.9, top_p=1.0, max_tokens=3)
-    crowd = be.generate(prompts, seeds=list(range(24)), **kw)
-    assert len(crowd) == 24 and all(len(c) == 2 for c in crowd)
+    crowd = be.generate(prompts, seeds=list(range(6)), **kw)
+    assert len(crowd) == 6 and all(len(c) == 2 for c in crowd)
     assert [x.text for x in be.generate(prompts[5:6], seeds=[5], **kw)[0]] == [x.text for x in crowd[5]]
 
 
