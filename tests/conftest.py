@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import subprocess
 import sys
@@ -31,29 +30,6 @@ def pytest_configure(config):
         cores = sorted(os.sched_getaffinity(0))
         if len(cores) >= count:
             os.sched_setaffinity(0, cores[int(worker.removeprefix("gw")) % count::count])
-
-
-def pytest_xdist_make_scheduler(config, log):
-    """Under ``pytest -n`` (plain --dist load): the tests of a module with a module-scoped fixture (a finished run, a
-    vLLM server, loaded annotations) go to one worker, which builds the fixture once; every other test is a unit of
-    its own, so the two workers stay evenly loaded. Units with most tests go first. (xdist's --dist loadgroup would
-    do this with marks, but it rewrites node ids, which pytest 9.2 ignores: pytest-dev/pytest-xdist#1386.)"""
-    if config.getvalue("dist") != "load":
-        return None
-    from xdist.scheduler import LoadScopeScheduling
-
-    class SharedFixturesTogether(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            module = nodeid.split("::", 1)[0]
-            return module if _has_module_fixture(module) else nodeid
-
-    return SharedFixturesTogether(config, log)
-
-
-@functools.lru_cache(maxsize=None)
-def _has_module_fixture(module: str) -> bool:
-    path = REPO / module
-    return path.is_file() and 'scope="module"' in path.read_text(encoding="utf-8")
 
 
 @pytest.fixture(scope="session")
