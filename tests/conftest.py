@@ -27,7 +27,9 @@ def pytest_configure(config):
     replicas' shares follow it): two model tests side by side then share the machine instead of fighting over it."""
     worker, count = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if worker and count > 1 and hasattr(os, "sched_setaffinity"):
-        cores = sorted(os.sched_getaffinity(0))
+        from harness.backends import usable_cores  # light: no torch
+
+        cores = usable_cores()
         if len(cores) >= count:
             os.sched_setaffinity(0, cores[int(worker.removeprefix("gw")) % count::count])
 
