@@ -50,8 +50,11 @@ def test_artifact_contract(finished_run):
         for x in r["responses"]:
             assert x["reward"] == pytest.approx(x["policy_logp"] - x["ref_logp"], abs=1e-9)
             assert round(x["policy_logp"], 4) == x["policy_logp"]
+    # stage 0 trained (pi_0 != pi_ref), so the implicit rewards are real numbers, not all 0
+    assert read_json(run / "iter_0/train/train_metrics.json")["param_change_l2"] > 0
+    assert sum(x["reward"] != 0 for r in rewards for x in r["responses"]) >= 20
     pairs = read_jsonl(run / "iter_1/pairs/pairs.jsonl")
-    assert len(pairs) == 8
+    assert len(pairs) == 8 and any(p["chosen_reward"] != p["rejected_reward"] for p in pairs)
     for p in pairs:
         for key in ("lang", "id", "prompt", "chosen", "rejected", "chosen_reward", "rejected_reward",
                     "chosen_length", "rejected_length"):
