@@ -136,6 +136,7 @@ def _torch_dtype(name: str):
 @register("backends", "transformers", "Hugging Face transformers: always available; length-bucketed scoring")
 class TransformersBackend(Backend):
     name = "transformers"
+    share_prompt_cache = True  # n samples of a prompt share its key/value cache (False: generate copies the prompt)
 
     def __init__(self, spec: ModelSpec, dtype: str | None = None, threads: int | None = None,
                  score_token_budget: int = 4096, max_batch: int = 32, device: str | None = None, **options: Any):
@@ -167,12 +168,14 @@ class TransformersBackend(Backend):
         for i, e in enumerate(enc):
             ids[i, width - len(e):] = torch.tensor(e)
             attn[i, width - len(e):] = 1
+        kwargs = self.generation_kwargs(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+                                        repetition_penalty=repetition_penalty)
+        if n > 1 and width > 1 and self.share_prompt_cache:  # each prompt's cache once, then n rows of it (generate would run it n times)
+            kwargs.update(num_return_sequences=1, past_key_values=self._prompt_cache(ids, attn, n))
+            ids, attn = ids.repeat_interleave(n, 0), attn.repeat_interleave(n, 0)
         torch.manual_seed(seeds[0])
         with torch.no_grad():
-            gen = self.model.generate(ids.to(self.device), attention_mask=attn.to(self.device),
-                                      **self.generation_kwargs(n=n, temperature=temperature, top_p=top_p,
-                                                               max_tokens=max_tokens,
-                                                               repetition_penalty=repetition_penalty))
+            gen = self.model.generate(ids.to(self.device), attention_mask=attn.to(self.device), **kwargs)
         rows = gen[:, width:].tolist()
         out: list[list[Completion]] = []
         for i in range(len(prompts)):
@@ -187,6 +190,23 @@ class TransformersBackend(Backend):
                 comps.append(Completion(_cut_stop(text, self.stop).strip(), n_tok, finished))
             out.append(comps)
         return out
+
+    def _prompt_cache(self, ids, attn, n: int):
+        """The key/value cache of the left-padded prompts minus their last token, computed once per prompt and
+        repeated for its ``n`` samples; ``generate`` then starts from the last prompt token, at the positions it
+        would have given it. Generating n samples from ``num_return_sequences`` copies the prompts first and runs
+        each copy (on the tiny tests' 50-token prompts with 12 new tokens, two thirds of the sampling time at n = 3).
+        The samples equal those of the copied prompts up to float rounding (tests/test_backends.py)."""
+        import torch
+
+        ids, attn = ids[:, :-1], attn[:, :-1]  # left-padded: the last column holds every prompt's last token
+        positions = (attn.cumsum(-1) - 1).masked_fill(attn == 0, 0)  # what generate derives from the mask
+        body = getattr(self.model, self.model.base_model_prefix)
+        with torch.no_grad():
+            cache = body(input_ids=ids.to(self.device), attention_mask=attn.to(self.device),
+                         position_ids=positions.to(self.device), use_cache=True).past_key_values
+        cache.reorder_cache(torch.arange(len(ids)).repeat_interleave(n).to(self.device))
+        return cache
 
     def generation_kwargs(self, *, n, temperature, top_p, max_tokens, repetition_penalty=1.0) -> dict:
         """What ``model.generate`` gets for these decoding settings (temperature 0: greedy)."""

@@ -78,6 +78,25 @@ def test_transformers_sampling_is_seeded(hf):
     assert all(len(r) == 3 and all(0 < x.n_tokens <= 12 for x in r) for r in a)
 
 
+def test_n_samples_of_a_prompt_share_its_cache(hf, monkeypatch):
+    """The n samples of a prompt start from one key/value cache of it (TransformersBackend._prompt_cache) instead of
+    n copies of the prompt: the same tokens, on prompts of different lengths (left padding) and a one-token prompt."""
+    import time
+
+    prompts = [hf.format_prompt("Name a fruit."), hf.format_prompt("Write one long sentence about the sea, its "
+                                                                   "colours, its moods and the boats on it."), "A"]
+    kw = dict(n=3, temperature=0.9, top_p=1.0, max_tokens=12, seeds=[1, 2, 3])
+    t0 = time.perf_counter()
+    shared = hf.generate(prompts, **kw)
+    t1 = time.perf_counter()
+    monkeypatch.setattr(hf, "share_prompt_cache", False)
+    copied = hf.generate(prompts, **kw)
+    t2 = time.perf_counter()
+    assert [[(x.text, x.n_tokens) for x in r] for r in shared] == [[(x.text, x.n_tokens) for x in r] for r in copied]
+    assert len({x.text for x in shared[1]}) > 1  # sampled, not three copies of one answer
+    print(f"\nn = 3: {t1 - t0:.2f} s with the shared cache, {t2 - t1:.2f} s with copied prompts")
+
+
 def test_vllm_seeded_sampling_of_many_long_prompts(vllm_backend):
     """More prompt tokens than one engine step takes (6 x ~600 > the engine's budget of 2,048; the bug was first
     seen with 64 x ~430 > 8,192): on vLLM's CPU runner chunked prefill then splits a seeded prompt and fails ("CPU
