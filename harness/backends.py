@@ -170,8 +170,9 @@ class TransformersBackend(Backend):
             attn[i, width - len(e):] = 1
         kwargs = self.generation_kwargs(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
                                         repetition_penalty=repetition_penalty)
-        if n > 1 and width > 1 and self.share_prompt_cache:  # each prompt's cache once, then n rows of it (generate would run it n times)
-            kwargs.update(num_return_sequences=1, past_key_values=self._prompt_cache(ids, attn, n))
+        cache = self._prompt_cache(ids, attn, n) if n > 1 and width > 1 and self.share_prompt_cache else None
+        if cache is not None:  # each prompt's cache once, then n rows of it (generate would run it n times)
+            kwargs.update(num_return_sequences=1, past_key_values=cache)
             ids, attn = ids.repeat_interleave(n, 0), attn.repeat_interleave(n, 0)
         torch.manual_seed(seeds[0])
         with torch.no_grad():
@@ -196,8 +197,13 @@ class TransformersBackend(Backend):
         repeated for its ``n`` samples; ``generate`` then starts from the last prompt token, at the positions it
         would have given it. Generating n samples from ``num_return_sequences`` copies the prompts first and runs
         each copy (on the tiny tests' 50-token prompts with 12 new tokens, two thirds of the sampling time at n = 3).
-        The samples equal those of the copied prompts up to float rounding (tests/test_backends.py)."""
+        The samples equal those of the copied prompts up to float rounding (tests/test_backends.py). None (generate
+        copies the prompts) for a model whose generation config names its own cache (generate refuses a given one
+        then) or whose cache cannot be repeated (state-space layers)."""
         import torch
+
+        if getattr(self.model.generation_config, "cache_implementation", None) not in (None, "dynamic"):
+            return None
 
         ids, attn = ids[:, :-1], attn[:, :-1]  # left-padded: the last column holds every prompt's last token
         positions = (attn.cumsum(-1) - 1).masked_fill(attn == 0, 0)  # what generate derives from the mask
@@ -205,6 +211,8 @@ class TransformersBackend(Backend):
         with torch.no_grad():
             cache = body(input_ids=ids.to(self.device), attention_mask=attn.to(self.device),
                          position_ids=positions.to(self.device), use_cache=True).past_key_values
+        if not hasattr(cache, "reorder_cache"):
+            return None
         cache.reorder_cache(torch.arange(len(ids)).repeat_interleave(n).to(self.device))
         return cache
 

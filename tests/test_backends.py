@@ -95,6 +95,10 @@ def test_n_samples_of_a_prompt_share_its_cache(hf, monkeypatch):
     assert [[(x.text, x.n_tokens) for x in r] for r in shared] == [[(x.text, x.n_tokens) for x in r] for r in copied]
     assert len({x.text for x in shared[1]}) > 1  # sampled, not three copies of one answer
     print(f"\nn = 3: {t1 - t0:.2f} s with the shared cache, {t2 - t1:.2f} s with copied prompts")
+    # a model whose generation config names its own cache gets copies (generate refuses a cache given with it)
+    monkeypatch.setattr(hf.model.generation_config, "cache_implementation", "static")
+    ids = hf.tokenizer([prompts[0]], add_special_tokens=False, return_tensors="pt")["input_ids"]
+    assert hf._prompt_cache(ids, ids * 0 + 1, 3) is None
 
 
 def test_vllm_seeded_sampling_of_many_long_prompts(vllm_backend):
