@@ -204,7 +204,6 @@ class TransformersBackend(Backend):
 
         if getattr(self.model.generation_config, "cache_implementation", None) not in (None, "dynamic"):
             return None
-
         ids, attn = ids[:, :-1], attn[:, :-1]  # left-padded: the last column holds every prompt's last token
         positions = (attn.cumsum(-1) - 1).masked_fill(attn == 0, 0)  # what generate derives from the mask
         body = getattr(self.model, self.model.base_model_prefix)
