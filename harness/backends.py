@@ -27,6 +27,7 @@ from typing import Any, Sequence
 
 from harness.errors import HarnessError
 from harness.models import ModelSpec, format_prompt
+from harness.prefix import run_prefixed
 from harness.registry import register
 
 log = logging.getLogger(__name__)
@@ -315,7 +316,8 @@ class TransformersBackend(Backend):
     def _score_shared(self, seqs, groups: list[list[int]], results: list) -> None:
         """Groups of sequences with one prompt: the prompt minus its last token runs once per group (right-padded
         batch of groups, key/value cache kept); the suffixes (last prompt token + response + end-of-turn) run
-        against the cache, each continuing its group's positions. Batches of groups stay under the token budget."""
+        against the cache, each continuing its group's positions (:func:`harness.prefix.run_prefixed`). Batches of
+        groups stay under the token budget."""
         import torch
 
         head = self.model.get_output_embeddings()
@@ -336,19 +338,13 @@ class TransformersBackend(Backend):
             gs = order[start:end]
             start = end
             plens = [seqs[g[0]][1] - 1 for g in gs]  # prefix = prompt without its last token
-            prefix, pmask = self._padded([seqs[g[0]][0][:n] for g, n in zip(gs, plens)])
+            prefix, _ = self._padded([seqs[g[0]][0][:n] for g, n in zip(gs, plens)])
             rows = [(b, i) for b, g in enumerate(gs) for i in g]
             suffix, smask = self._padded([seqs[i][0][plens[b]:] for b, i in rows])
-            of_row = torch.tensor([b for b, _ in rows])
-            positions = torch.tensor(plens)[of_row, None] + torch.arange(suffix.shape[1])[None, :]
+            of_row = torch.tensor([b for b, _ in rows], device=self.device)
             with torch.no_grad():
-                # causal alone for the right-padded prefixes (as in _score_packed); the suffix pass masks the padding
-                cache = body(input_ids=prefix.to(self.device), use_cache=True).past_key_values
-                cache.reorder_cache(of_row.to(self.device))  # one copy of its group's prefix per suffix row
-                hidden = body(input_ids=suffix.to(self.device),
-                              attention_mask=torch.cat([pmask[of_row], smask], dim=1).to(self.device),
-                              position_ids=positions.to(self.device), past_key_values=cache,
-                              use_cache=False).last_hidden_state
+                _, hidden = run_prefixed(body, prefix.to(self.device), torch.tensor(plens, device=self.device),
+                                         suffix.to(self.device), smask.to(self.device), of_row)
                 # suffix position k holds token plen-1+k and predicts token plen+k
                 lps = self._response_logps(head, hidden, [(r, 0, len(seqs[i][0]) - seqs[i][1]) for r, (_, i) in
                                                           enumerate(rows)], [seqs[i][0][seqs[i][1]:] for _, i in rows])

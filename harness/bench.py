@@ -172,7 +172,8 @@ def run_bench(backends: list[str], n_prompts: int = 16, max_tokens: int = 64, n:
         rows.append((f"train step (DPO + NLL, {_precision_words(r['precision'])}, batch {r['batch_size']})",
                      r["tokens_per_s"], None,
                      f"{100 * r['fraction_of_peak']:.1f}% of {r['peak_dtype']} ({r['peak_gflops']:,.0f} GFLOP/s)",
-                     _spread(r["times"]), f"{r['tokens_per_step']:.0f} tokens/step, median step {r['step_s']:.2f} s"))
+                     _spread(r["times"]), f"{r['tokens_per_step']:.0f} tokens/step ({r['computed_tokens_per_step']:.0f} to compute: "
+                     f"each prompt once), median step {r['step_s']:.2f} s"))
     table = Table(title=f"harness bench: SmolLM2-135M-Instruct, fp32 unless said; median of {repeats} repeats")
     for col, justify in (("what", "left"), ("tokens/s", "right"), ("vs reference scoring", "right"),
                          ("share of peak", "right"), ("spread", "right"), ("detail", "left")):
@@ -186,8 +187,8 @@ def run_bench(backends: list[str], n_prompts: int = 16, max_tokens: int = 64, n:
         table.add_row(what, f"{tps:,.0f}", vs or "", share or "", spread, detail)
     console.print(table)
     console.print("share of peak: tokens/s x FLOPs per token (2 x parameters forward; 6 x for a training step) / the "
-                  "matmul peak measured in this run; scoring counts every prompt token, also those a shared prompt "
-                  "did not recompute. spread: (max - min) / median over the repeats.")
+                  "matmul peak measured in this run; scoring and training count every prompt token, also those a "
+                  "shared prompt did not recompute. spread: (max - min) / median over the repeats.")
     agreement = {}
     if "reference" in sums:
         longest_n = max(lengths[i] for i in f64)
@@ -280,12 +281,15 @@ def matmul_peak(dtype_name: str, n: int = 2048, seconds: float = 1.5) -> float:
 
 
 def bench_train(steps: int = 3, batch_size: int = 8, precision: str | None = None, max_length: int = 256,
-                compact_head: bool = True) -> dict:
+                compact_head: bool = True, shared_prompts: bool = True) -> dict:
     """DPO + NLL optimizer steps of the train stage itself (``harness.stages.train.build_trainer``) on the demo's
-    stage-0 pairs: the median step time over ``steps`` after one warm-up step, tokens/s (prompt + chosen + rejected,
-    padding excluded) and the fraction of the matmul peak of its precision (default ``auto``: bf16 autocast where
-    this machine has bf16 kernels, else fp32) measured in this process (useful FLOPs = 6 x
-    parameters x tokens: forward and backward of the policy; the reference log-probs are precomputed, as in a run)."""
+    stage-0 pairs: the median step time over ``steps`` after one warm-up step, tokens/s (the pairs' sequences:
+    prompt + chosen and prompt + rejected, padding excluded) and the fraction of the matmul peak of its precision
+    (default ``auto``: bf16 autocast where this machine has bf16 kernels, else fp32) measured in this process. FLOPs
+    = 6 x parameters x those tokens: forward and backward of the policy, counted as scoring counts them (a prompt
+    that runs once for both answers still counts twice); the reference log-probs are precomputed, as in a run.
+    ``computed_tokens_per_step`` counts each prompt once. ``compact_head`` and ``shared_prompts``
+    switch off the stage's CPU LM head and its prompt sharing (harness.prefix), to measure what each gives."""
     import statistics
     import tempfile
     from pathlib import Path
@@ -298,6 +302,7 @@ def bench_train(steps: int = 3, batch_size: int = 8, precision: str | None = Non
     from harness.data import load_english_prefs
     from harness.hardware import resolve_precision
     from harness.models import resolve_model
+    from harness.prefix import shared_prompt_forward
     from harness.stages.train import (build_dpo_config, build_trainer, cpu_lm_head, load_train_model, trainer_rows,
                                       training_tokenizer)
 
@@ -323,24 +328,29 @@ def bench_train(steps: int = 3, batch_size: int = 8, precision: str | None = Non
 
     model = load_train_model(path, torch.float32)
     n_params = sum(p.numel() for p in model.parameters())
-    with tempfile.TemporaryDirectory() as tmp, cpu_lm_head(compact_head):
+    with (tempfile.TemporaryDirectory() as tmp, cpu_lm_head(compact_head),
+          shared_prompt_forward(model, shared_prompts and not torch.cuda.is_available())):
         t0 = time.perf_counter()  # tokenization and the reference pass happen in the trainer's constructor
         trainer = build_trainer(model, tok, rows, tc, build_dpo_config(tc, Path(tmp), 0), 0, callbacks=[Clock()])
         setup_s = time.perf_counter() - t0
         trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     step_s = statistics.median(times[1:])
-    per_step = []
+    per_step, computed = [], []
     for s in range(1, steps + 1):
         chunk = rows[s * batch_size:(s + 1) * batch_size]
-        per_step.append(sum(min(max_length, len(tok(r["prompt"] + r[side], add_special_tokens=False)["input_ids"]))
-                            for r in chunk for side in ("chosen", "rejected")))
+        n = {k: [len(tok(r[k], add_special_tokens=False)["input_ids"]) for r in chunk]
+             for k in ("prompt", "chosen", "rejected")}
+        sides = [min(max_length, p + a) for side in ("chosen", "rejected") for p, a in zip(n["prompt"], n[side])]
+        per_step.append(sum(sides))
+        computed.append(sum(sides) - sum(min(max_length, p) for p in n["prompt"]))
     tokens = statistics.mean(per_step)
     peak_dtype = "bf16" if precision.startswith("bf16") else "fp32"
     peak = matmul_peak({"bf16": "bfloat16", "fp32": "float32"}[peak_dtype])
-    achieved = 6 * n_params * tokens / step_s / 1e9
+    achieved = 6 * n_params * tokens / step_s / 1e9  # as scoring: every prompt token, also one computed once
     return {"precision": precision, "peak_dtype": peak_dtype, "step_s": step_s, "min_s": min(times[1:]),
             "max_s": max(times[1:]), "times": times[1:], "tokens_per_step": tokens,
+            "computed_tokens_per_step": statistics.mean(computed),
             "tokens_per_s": tokens / step_s, "gflops": achieved, "peak_gflops": peak, "fraction_of_peak": achieved / peak,
             "warmup_s": times[0], "steps": steps, "setup_s": setup_s, "losses": losses,
             "batch_size": trainer.args.per_device_train_batch_size}  # as the built trainer has it
@@ -351,18 +361,23 @@ def _precision_words(precision: str) -> str:
 
 
 def print_train(steps: int = 3, batch_size: int = 8) -> dict:
-    trl_own = bench_train(steps=steps, batch_size=batch_size, compact_head=False)
+    trl_own = bench_train(steps=steps, batch_size=batch_size, compact_head=False, shared_prompts=False)
+    head = bench_train(steps=steps, batch_size=batch_size, shared_prompts=False)
     r = bench_train(steps=steps, batch_size=batch_size)
     console.print(f"train, TRL's own CPU LM head: median step {trl_own['step_s']:.2f} s (min {trl_own['min_s']:.2f}, "
                   f"max {trl_own['max_s']:.2f}), setup with reference pass {trl_own['setup_s']:.1f} s, "
                   f"{100 * trl_own['fraction_of_peak']:.1f}% of the {trl_own['peak_dtype']} peak")
-    console.print(f"train, harness (compact CPU LM head): {trl_own['step_s'] / r['step_s']:.2f}x faster steps, "
-                  f"setup {r['setup_s']:.1f} s; losses {['%.4f' % x for x in r['losses']]} vs TRL's own "
+    console.print(f"train, compact CPU LM head: {trl_own['step_s'] / head['step_s']:.2f}x faster steps, setup "
+                  f"{head['setup_s']:.1f} s; losses {['%.4f' % x for x in head['losses']]} vs TRL's own "
                   f"{['%.4f' % x for x in trl_own['losses']]}")
+    console.print(f"train, harness (compact head, each pair's prompt run once): {trl_own['step_s'] / r['step_s']:.2f}x "
+                  f"faster steps than TRL's own, {head['step_s'] / r['step_s']:.2f}x the compact head alone, setup "
+                  f"{r['setup_s']:.1f} s; losses {['%.4f' % x for x in r['losses']]}")
     console.print(f"train (DPO + NLL, {_precision_words(r['precision'])}, batch {r['batch_size']}, SmolLM2-135M): "
                   f"median step {r['step_s']:.2f} s over "
                   f"{r['steps']} steps (min {r['min_s']:.2f}, max {r['max_s']:.2f}; warm-up step {r['warmup_s']:.2f} s), "
-                  f"{r['tokens_per_step']:.0f} tokens/step = {r['tokens_per_s']:,.0f} tokens/s, "
+                  f"{r['tokens_per_step']:.0f} tokens/step = {r['tokens_per_s']:,.0f} tokens/s "
+                  f"({r['computed_tokens_per_step']:.0f} to compute: each prompt once), "
                   f"{r['gflops']:.0f} GFLOP/s = {100 * r['fraction_of_peak']:.1f}% of the {r['peak_dtype']} matmul "
                   f"peak ({r['peak_gflops']:.0f} GFLOP/s measured now)")
     return r

@@ -16,6 +16,12 @@ from harness.io import read_json, read_jsonl
 pytestmark = pytest.mark.model
 
 
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _tensors(folder: Path) -> dict:
     from safetensors.numpy import load_file
 
@@ -67,6 +73,9 @@ def test_artifact_contract(finished_run):
         assert 0.0 <= s["alpha"] < 1.0 and "mean_chosen_length" in s and "upper_bound" in s
     m = read_json(run / "iter_1/train/train_metrics.json")
     assert m["param_change_l2"] > 0 and m["steps"] == 2
+    # on CPU the train stages ran each pair's prompt once (harness.prefix): the reference pass and both steps
+    assert m["shared_prompt_passes"] == 4 or not m["shared_prompt_passes"] and _cuda()
+    assert read_json(run / "iter_0/train/train_metrics.json")["shared_prompt_passes"] > 0 or _cuda()
     assert (run / "iter_1/train/model/model.safetensors").exists()
     for stage in ("iter_0/train", "iter_1/sample", "iter_1/reward", "iter_1/pairs", "iter_1/train"):
         done = read_json(run / stage / "_done.json")

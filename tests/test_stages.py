@@ -204,3 +204,71 @@ def test_compact_cpu_lm_head_gives_trls_log_probs_and_loss(tmp_path):
     # 0.29 nats from float32 on average (max 1.09) and eager 0.23 (max 0.83)
     assert float(err_eager.mean()) < 0.35 and float(err_eager.max()) < 1.5
     assert loss_c == pytest.approx(loss_b, abs=0.02) and g_c == pytest.approx(g_b, rel=0.05)
+
+
+def test_pair_plan_shares_only_what_pairs_have_in_common():
+    """harness.prefix.pair_plan: rows i and B+i (chosen, rejected) share their common leading tokens, each keeping
+    one to continue with; a batch it does not fit runs the body's own forward (None)."""
+    import torch
+
+    from harness.prefix import pair_plan
+
+    def batch(rows):
+        width = max(map(len, rows))
+        ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+        return ids, torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+
+    prompt = list(range(1, 21))  # 20 tokens, then short answers
+    rows = [prompt + [50, 51], prompt[:15] + [60], prompt + [52, 53, 54], prompt[:15] + [61, 62]]
+    plens, lens = pair_plan(*batch(rows))
+    assert plens.tolist() == [20, 15] and lens.tolist() == [22, 16, 23, 17]
+    same = pair_plan(*batch([prompt + [7], prompt + [7]]))  # identical rows keep their last token
+    assert same is not None and same[0].tolist() == [20]
+    assert pair_plan(*batch(rows[:3])) is None  # odd rows
+    assert pair_plan(*batch([prompt + [1], [99] + prompt])) is None  # nothing in common
+    assert pair_plan(*batch([[1] + [2] * 9, [1] + [3] * 9])) is None  # 19 token slots instead of 20: too little
+    ids, mask = batch(rows)
+    assert pair_plan(ids, mask.flip(1)) is None  # left padding
+    assert pair_plan(ids, None) is None
+
+
+@pytest.mark.model
+def test_a_pairs_prompt_run_once_gives_the_log_probs_and_gradients_of_a_whole_forward():
+    """The train stage's CPU step (harness.prefix.shared_prompt_forward) on a batch from TRL's own DPO collator: the
+    same per-sequence log-probs and parameter gradients as the plain forward, in float32, while running each
+    pair's prompt once; outside the context the body's own forward is back."""
+    import torch
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+    from trl.trainer.utils import add_fused_lm_head
+
+    from harness.data import load_english_prefs
+    from harness.prefix import shared_prompt_forward
+    from harness.stages.train import load_train_model, trainer_rows, training_tokenizer
+
+    spec = resolve_model("smollm2-135m-instruct")
+    tok, eot = training_tokenizer(spec)
+    pairs, _ = load_english_prefs("builtin:english_prefs", 4)
+    rows = trainer_rows([{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs], spec, tok,
+                        eot)
+    examples = [{"prompt_ids": tok(r["prompt"], add_special_tokens=False).input_ids,
+                 **{f"{k}_ids": tok(r[k], add_special_tokens=False).input_ids for k in ("chosen", "rejected")}}
+                for r in rows]
+    batch = DataCollatorForPreference(pad_token_id=tok.pad_token_id, max_length=96)(examples)  # some cut at 96
+    labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
+    model = load_train_model(spec.local_path(), torch.float32)
+    add_fused_lm_head(model)
+    body = model.model
+    out = {}
+    for share in (False, True):
+        model.zero_grad()
+        with shared_prompt_forward(model, share) as f:
+            lp = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels,
+                       fused_lm_head=True, use_cache=False).log_probs.sum(1)
+            (lp[:4] - lp[4:]).sum().backward()
+        out[share] = lp.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}, f and f.shared
+    (a, ga, _), (b, gb, shared) = out[False], out[True]
+    assert shared == 1 and "forward" not in vars(body)
+    worst_grad = max(float((ga[n] - gb[n]).norm() / ga[n].norm()) for n in ga)
+    print(f"\nmax |log-prob diff| {float((a - b).abs().max()):.1e} nats; worst relative gradient diff {worst_grad:.1e}")
+    assert torch.allclose(a, b, atol=2e-4, rtol=0) and float(a.abs().min()) > 1
+    assert worst_grad < 1e-4

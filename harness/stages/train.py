@@ -10,6 +10,8 @@ NLL over all chosen tokens of a batch, LLaMA-Factory per sequence; METHOD.md sec
 Writes model/ (a full Hugging Face folder; LoRA adapters are merged), train_metrics.json (loss and reward-margin
 history, the L2 norm of the parameter change) and, with ``train.save_steps``, resumable trainer checkpoints.
 Multi-GPU: ``train.accelerate.num_processes > 1`` (or a config_file) runs this stage under ``accelerate launch``.
+On CPU the step runs each pair's prompt once for its chosen and rejected answers (``harness.prefix``) and projects
+only the answers' positions onto the vocabulary (:func:`cpu_lm_head`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 from harness.config import TrainConfig
 from harness.errors import HarnessError
 from harness.io import atomic_write_json, read_jsonl
+from harness.prefix import shared_prompt_forward
 from harness.stages import StageContext
 
 log = logging.getLogger(__name__)
@@ -375,15 +378,18 @@ def run(ctx: StageContext) -> dict:
             bar_holder["bar"].stop()
 
     on_cpu = not torch.cuda.is_available()
-    with cpu_lm_head(on_cpu), phase("reference"):  # TRL's constructor tokenizes and precomputes the reference
+    share = on_cpu and not tc.gradient_checkpointing  # a pair's prompt runs once (harness.prefix)
+    # TRL's constructor tokenizes and precomputes the reference
+    with cpu_lm_head(on_cpu), shared_prompt_forward(model, share) as shared_ref, phase("reference"):
         trainer = build_trainer(model, tok, rows, tc, args, ctx.cfg.seed, peft_config, callbacks=[RichBar()])
     resume = resume_checkpoint(ctx.out / "trainer") if tc.save_steps else None
     if resume is not None:
         log.info("iter %d train: resuming from %s", ctx.iteration, resume.name)
     t0 = time.time()
-    with cpu_lm_head(on_cpu):
+    with cpu_lm_head(on_cpu), shared_prompt_forward(model, share) as shared_train:
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.time() - t0
+    shared = shared_ref.shared + shared_train.shared if share else 0
     if not trainer.is_world_process_zero():
         return {}
     final = trainer.model
@@ -410,6 +416,7 @@ def run(ctx: StageContext) -> dict:
         "processes": trainer.args.world_size,
         "objective": tc.objective, "method": tc.method, "precision": tc.precision, "parameters": n_params,
         "param_change_l2": change,
+        "shared_prompt_passes": shared,  # forward passes (reference and training) that ran each pair's prompt once
         "loss_first": hist[0]["loss"] if hist else None, "loss_last": hist[-1]["loss"] if hist else None,
         "reward_margin_first": hist[0].get("rewards/margins") if hist else None,
         "reward_margin_last": hist[-1].get("rewards/margins") if hist else None,
