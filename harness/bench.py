@@ -172,8 +172,8 @@ def run_bench(backends: list[str], n_prompts: int = 16, max_tokens: int = 64, n:
         rows.append((f"train step (DPO + NLL, {_precision_words(r['precision'])}, batch {r['batch_size']})",
                      r["tokens_per_s"], None,
                      f"{100 * r['fraction_of_peak']:.1f}% of {r['peak_dtype']} ({r['peak_gflops']:,.0f} GFLOP/s)",
-                     _spread(r["times"]), f"{r['tokens_per_step']:.0f} tokens/step ({r['computed_tokens_per_step']:.0f} to compute: "
-                     f"each prompt once), median step {r['step_s']:.2f} s"))
+                     _spread(r["times"]), f"{r['tokens_per_step']:.0f} tokens/step "
+                     f"({r['computed_tokens_per_step']:.0f} to compute: each prompt once), median step {r['step_s']:.2f} s"))
     table = Table(title=f"harness bench: SmolLM2-135M-Instruct, fp32 unless said; median of {repeats} repeats")
     for col, justify in (("what", "left"), ("tokens/s", "right"), ("vs reference scoring", "right"),
                          ("share of peak", "right"), ("spread", "right"), ("detail", "left")):
@@ -328,8 +328,7 @@ def bench_train(steps: int = 3, batch_size: int = 8, precision: str | None = Non
 
     model = load_train_model(path, torch.float32)
     n_params = sum(p.numel() for p in model.parameters())
-    with (tempfile.TemporaryDirectory() as tmp, cpu_lm_head(compact_head),
-          shared_prompt_forward(model, shared_prompts and not torch.cuda.is_available())):
+    with tempfile.TemporaryDirectory() as tmp, cpu_lm_head(compact_head), shared_prompt_forward(model, shared_prompts):
         t0 = time.perf_counter()  # tokenization and the reference pass happen in the trainer's constructor
         trainer = build_trainer(model, tok, rows, tc, build_dpo_config(tc, Path(tmp), 0), 0, callbacks=[Clock()])
         setup_s = time.perf_counter() - t0

@@ -97,10 +97,10 @@ def shared_prompt_forward(model, enabled: bool = True):
     """While active, the model body runs each pair's prompt once for a DPO batch (TRL's collator puts the B chosen
     rows, then the B rejected rows, each prompt + answer, right-padded): the training step and TRL's reference pass
     then compute the prompt tokens once instead of twice, and the padding of the longest prompt + answer shrinks to
-    that of the longest prompt and the longest answer. Any other call (generation, another layout, extra arguments,
-    too little to save) runs the body's own forward. Not with gradient checkpointing (the recomputed layers would
-    write the cache twice). ``harness bench --train`` measures the step with and without it; tests/test_stages.py
-    checks that log-probs, loss and gradients agree."""
+    that of the longest prompt and the longest answer. Any other call runs the body's own forward: generation,
+    another layout, extra arguments, too little to save, a batch on a GPU (not measured there), and training under
+    gradient checkpointing (the recomputed layers would write the cache twice). ``harness bench --train`` measures
+    the step with and without it; tests/test_stages.py checks that log-probs, loss and gradients agree."""
     if not enabled:
         yield
         return
@@ -109,7 +109,8 @@ def shared_prompt_forward(model, enabled: bool = True):
 
     def forward(input_ids=None, attention_mask=None, use_cache=None, **kwargs):
         plan = None
-        if input_ids is not None and not use_cache and not kwargs:
+        if (input_ids is not None and input_ids.device.type == "cpu" and not use_cache and not kwargs
+                and not (body.training and body.is_gradient_checkpointing)):
             plan = pair_plan(input_ids, attention_mask)
         if plan is None:
             return original(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache, **kwargs)

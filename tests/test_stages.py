@@ -272,3 +272,10 @@ def test_a_pairs_prompt_run_once_gives_the_log_probs_and_gradients_of_a_whole_fo
     print(f"\nmax |log-prob diff| {float((a - b).abs().max()):.1e} nats; worst relative gradient diff {worst_grad:.1e}")
     assert torch.allclose(a, b, atol=2e-4, rtol=0) and float(a.abs().min()) > 1
     assert worst_grad < 1e-4
+    # training under gradient checkpointing: the body's own forward (recomputed layers would write the cache twice)
+    model.gradient_checkpointing_enable()
+    model.train()
+    with torch.no_grad(), shared_prompt_forward(model) as f:
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels,
+              fused_lm_head=True, use_cache=False)
+    assert f.shared == 0

@@ -378,18 +378,17 @@ def run(ctx: StageContext) -> dict:
             bar_holder["bar"].stop()
 
     on_cpu = not torch.cuda.is_available()
-    share = on_cpu and not tc.gradient_checkpointing  # a pair's prompt runs once (harness.prefix)
-    # TRL's constructor tokenizes and precomputes the reference
-    with cpu_lm_head(on_cpu), shared_prompt_forward(model, share) as shared_ref, phase("reference"):
+    # TRL's constructor tokenizes and precomputes the reference; a pair's prompt runs once on CPU (harness.prefix)
+    with cpu_lm_head(on_cpu), shared_prompt_forward(model) as shared_ref, phase("reference"):
         trainer = build_trainer(model, tok, rows, tc, args, ctx.cfg.seed, peft_config, callbacks=[RichBar()])
     resume = resume_checkpoint(ctx.out / "trainer") if tc.save_steps else None
     if resume is not None:
         log.info("iter %d train: resuming from %s", ctx.iteration, resume.name)
     t0 = time.time()
-    with cpu_lm_head(on_cpu), shared_prompt_forward(model, share) as shared_train:
+    with cpu_lm_head(on_cpu), shared_prompt_forward(model) as shared_train:
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.time() - t0
-    shared = shared_ref.shared + shared_train.shared if share else 0
+    shared = shared_ref.shared + shared_train.shared
     if not trainer.is_world_process_zero():
         return {}
     final = trainer.model
