@@ -78,27 +78,56 @@ def test_transformers_sampling_is_seeded(hf):
     assert all(len(r) == 3 and all(0 < x.n_tokens <= 12 for x in r) for r in a)
 
 
-def test_n_samples_of_a_prompt_share_its_cache(hf, monkeypatch):
-    """The n samples of a prompt start from one key/value cache of it (TransformersBackend._prompt_cache) instead of
-    n copies of the prompt: the same tokens, on prompts of different lengths (left padding) and a one-token prompt."""
+def test_the_prompt_cache_gives_the_samples_of_generates_own_prefill(hf, monkeypatch):
+    """The prompts' key/value cache (TransformersBackend._prompt_cache): run right-padded in batches of similar
+    lengths, moved to generate's left-padded layout, once per prompt for its n samples. The same tokens as
+    generate's own prefill (every prompt padded to the longest, n copies), for n = 3 and n = 1, on prompts of
+    different lengths (left padding), a one-token prompt, and one batch per prompt or all in one."""
     import time
 
     prompts = [hf.format_prompt("Name a fruit."), hf.format_prompt("Write one long sentence about the sea, its "
-                                                                   "colours, its moods and the boats on it."), "A"]
-    kw = dict(n=3, temperature=0.9, top_p=1.0, max_tokens=12, seeds=[1, 2, 3])
-    t0 = time.perf_counter()
-    shared = hf.generate(prompts, **kw)
-    t1 = time.perf_counter()
-    monkeypatch.setattr(hf, "share_prompt_cache", False)
-    copied = hf.generate(prompts, **kw)
-    t2 = time.perf_counter()
-    assert [[(x.text, x.n_tokens) for x in r] for r in shared] == [[(x.text, x.n_tokens) for x in r] for r in copied]
-    assert len({x.text for x in shared[1]}) > 1  # sampled, not three copies of one answer
-    print(f"\nn = 3: {t1 - t0:.2f} s with the shared cache, {t2 - t1:.2f} s with copied prompts")
-    # a model whose generation config names its own cache gets copies (generate refuses a cache given with it)
+                                                                   "colours, its moods and the boats on it."), "A",
+               hf.format_prompt("Why?")]
+    for n, overhead in ((3, 256), (1, 0), (1, 10**6)):
+        monkeypatch.setattr(hf, "prompt_batch_overhead", overhead)  # 0: a batch per length; 10**6: one batch
+        kw = dict(n=n, temperature=0.9, top_p=1.0, max_tokens=12, seeds=[1, 2, 3, 4])
+        t0 = time.perf_counter()
+        monkeypatch.setattr(hf, "share_prompt_cache", True)
+        shared = hf.generate(prompts, **kw)
+        t1 = time.perf_counter()
+        monkeypatch.setattr(hf, "share_prompt_cache", False)
+        plain = hf.generate(prompts, **kw)
+        t2 = time.perf_counter()
+        assert [[(x.text, x.n_tokens) for x in r] for r in shared] == [[(x.text, x.n_tokens) for x in r] for r in plain]
+        assert len({x.text for r in shared for x in r}) > 1  # sampled, not copies of one answer
+        print(f"\nn = {n}, overhead {overhead}: {t1 - t0:.2f} s with the cache, {t2 - t1:.2f} s with generate's prefill")
+    # a model whose generation config names its own cache gets generate's prefill (it refuses a given cache then)
     monkeypatch.setattr(hf.model.generation_config, "cache_implementation", "static")
     ids = hf.tokenizer([prompts[0]], add_special_tokens=False, return_tensors="pt")["input_ids"]
     assert hf._prompt_cache(ids, ids * 0 + 1, 3) is None
+
+
+def test_grouped_attention_on_cpu_equals_transformers_sdpa(hf):
+    """SmolLM2 has 9 query heads and 3 key/value heads. On CPU the backend hands the groups to PyTorch
+    (harness.backends._grouped_sdpa) instead of copying keys and values per query head: bit for bit the same
+    log-probs (padded scoring, shared prompts) and the same samples (left-padded decoding with a mask). Off CPU,
+    and for models without groups, transformers' own "sdpa" runs."""
+    from harness.backends import GROUPED_SDPA
+
+    attn = hf.model.model.layers[0].self_attn
+    assert attn.num_key_value_groups == 3 and hf.model.config._attn_implementation == GROUPED_SDPA
+    prompts = [hf.format_prompt(q) for q, _ in CASES] * 2
+    responses = [r for _, r in CASES] + [r + " " + r for _, r in CASES]
+    kw = dict(n=2, temperature=0.9, top_p=0.9, max_tokens=16, seeds=[7] * len(CASES))
+    grouped = hf.score(prompts, responses), hf.generate(prompts[:len(CASES)], **kw)
+    try:
+        hf.model.set_attn_implementation("sdpa")
+        copied = hf.score(prompts, responses), hf.generate(prompts[:len(CASES)], **kw)
+    finally:
+        hf.model.set_attn_implementation(GROUPED_SDPA)
+    # bit for bit on the AVX2 EPYC (2026-12-08); a tolerance far below any reward's rounding, for other kernels
+    assert max(abs(a - b) for x, y in zip(grouped[0], copied[0]) for a, b in zip(x, y)) < 1e-5
+    assert [[x.text for x in r] for r in grouped[1]] == [[x.text for x in r] for r in copied[1]]
 
 
 def test_vllm_seeded_sampling_of_many_long_prompts(vllm_backend):

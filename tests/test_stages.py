@@ -206,6 +206,24 @@ def test_compact_cpu_lm_head_gives_trls_log_probs_and_loss(tmp_path):
     assert loss_c == pytest.approx(loss_b, abs=0.02) and g_c == pytest.approx(g_b, rel=0.05)
 
 
+def test_length_batches_split_sorted_lengths_where_padding_costs_more_than_a_batch():
+    from harness.backends import _length_batches
+
+    lengths = [43, 205, 61, 200, 44, 120, 0, 62]
+    one = _length_batches(lengths, budget=10**6, max_batch=32, overhead=10**6)
+    assert one == [sorted(range(8), key=lambda i: lengths[i])]  # a batch costs more than any padding
+    each = _length_batches(lengths, budget=10**6, max_batch=32, overhead=0)
+    assert [len(b) for b in each] == [1] * 8  # padding costs, batches do not
+    mid = _length_batches(lengths, budget=10**6, max_batch=32, overhead=256)
+    # 5 x 62 + 3 x 205 + 2 x 256 = 1,437 slots: fewer than any other split (one batch: 8 x 205 + 256 = 1,896)
+    assert [[lengths[i] for i in b] for b in mid] == [[0, 43, 44, 61, 62], [120, 200, 205]]
+    # at most max_batch rows and budget slots per batch; a row longer than the budget runs alone
+    capped = _length_batches(lengths, budget=300, max_batch=2, overhead=10**6)
+    assert all(len(b) <= 2 and (len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 300) for b in capped)
+    assert sorted(i for b in capped for i in b) == list(range(8))
+    assert _length_batches([], budget=100, max_batch=4, overhead=0) == []
+
+
 def test_pair_plan_shares_only_what_pairs_have_in_common():
     """harness.prefix.pair_plan: rows i and B+i (chosen, rejected) share their common leading tokens, each keeping
     one to continue with; a batch it does not fit runs the body's own forward (None)."""
