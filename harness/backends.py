@@ -263,8 +263,8 @@ class TransformersBackend(Backend):
         every prompt padded to the longest and, for n > 1, n copies of each:
         - the prompts run right-padded, without a mask (causal attention keeps the padding out, as in scoring), in
           batches of similar lengths (:func:`_length_batches`); their keys and values are then moved to the right
-          end of each row. On the demo's evaluation (18 prompts of 43-205 tokens) the prefill went from 7.5 s to
-          3.3 s on the AVX2 EPYC;
+          end of each row. On the demo's evaluation (18 prompts of 43-205 tokens) the prefill took 4.0 s instead
+          of 6.6 s on the AVX2 EPYC;
         - each prompt runs once for its n samples (on the tiny tests' 50-token prompts with 12 new tokens, two thirds
           of the sampling time at n = 3).
         The samples equal those of ``generate``'s own prefill up to float rounding (tests/test_backends.py). None
