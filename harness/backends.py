@@ -287,7 +287,7 @@ class TransformersBackend(Backend):
             with torch.no_grad():
                 part = body(input_ids=batch.to(self.device), use_cache=True).past_key_values
             layers = getattr(part, "layers", None)
-            if not layers or any(type(x) is not DynamicLayer for x in layers) or not hasattr(part, "reorder_cache"):
+            if not layers or any(type(x) is not DynamicLayer for x in layers):  # (every Cache can reorder_cache)
                 return None
             if cache is None:
                 cache = part
