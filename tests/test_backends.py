@@ -78,6 +78,33 @@ def test_transformers_sampling_is_seeded(hf):
     assert all(len(r) == 3 and all(0 < x.n_tokens <= 12 for x in r) for r in a)
 
 
+def test_generate_draws_with_the_harness_sampler(hf, monkeypatch):
+    """model.generate samples through harness.sampling.TokenDraw, never torch.multinomial, and its top_p arrives:
+    a nucleus that holds only the most likely token gives the greedy answers, and a wide one gives other answers
+    with another seed."""
+    import torch
+
+    from harness import sampling
+
+    calls = []
+
+    def no_multinomial(*a, **k):
+        raise AssertionError("torch.multinomial ran")
+
+    real = sampling.TokenDraw.__call__
+    monkeypatch.setattr(torch, "multinomial", no_multinomial)
+    monkeypatch.setattr(sampling.TokenDraw, "__call__", lambda self, i, s: calls.append((self.top_p, len(s))) or
+                        real(self, i, s))
+    prompts = [hf.format_prompt("Name a fruit."), hf.format_prompt("Name three rivers in Europe.")]
+    greedy = hf.generate(prompts, n=1, temperature=0.0, top_p=1.0, max_tokens=10, seeds=[1])
+    assert not calls
+    narrow = hf.generate(prompts, n=2, temperature=1.0, top_p=1e-6, max_tokens=10, seeds=[3])
+    assert calls and {c for c in calls} == {(1e-6, 4)}  # 2 prompts x n = 2 rows, at every step
+    assert [[x.text for x in r] for r in narrow] == [[g[0].text] * 2 for g in greedy]
+    wide = [hf.generate(prompts, n=2, temperature=1.0, top_p=0.95, max_tokens=10, seeds=[s]) for s in (3, 4)]
+    assert [[x.text for x in r] for r in wide[0]] != [[x.text for x in r] for r in wide[1]]
+
+
 def test_the_prompt_cache_gives_the_samples_of_generates_own_prefill(hf, monkeypatch):
     """The prompts' key/value cache (TransformersBackend._prompt_cache): run right-padded in batches of similar
     lengths, moved to generate's left-padded layout, once per prompt for its n samples. The same tokens as

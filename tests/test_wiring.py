@@ -234,6 +234,19 @@ def _spy_backend():
     return Recording
 
 
+def _draw(kwargs: dict):
+    """(temperature, top_p) of the draw that model.generate was given (harness.sampling.TokenDraw, its last logits
+    processor; generate itself runs greedy and takes the drawn token), or None for greedy decoding."""
+    from harness.sampling import TokenDraw
+
+    assert kwargs["do_sample"] is False and kwargs["num_return_sequences"] == 1  # the n samples come as n rows
+    procs = kwargs["logits_processor"]
+    if procs is None:
+        return None
+    assert isinstance(procs[-1], TokenDraw)
+    return procs[-1].temperature, procs[-1].top_p
+
+
 @pytest.fixture
 def recording_backend():
     from harness.registry import REGISTRY
@@ -317,8 +330,8 @@ def test_sample_reward_pairs_settings_arrive(per_iteration, recording_backend, p
     assert gens and all((g["n"], g["temperature"], g["top_p"], g["max_tokens"]) ==
                         (s["n"], s["temperature"], s["top_p"], s["max_tokens"]) for g in gens)
     model_kw = [c[1] for c in CALLS if c[0] == "model.generate"]
-    assert all((k["num_return_sequences"], k["temperature"], k["top_p"], k["max_new_tokens"], k["do_sample"]) ==
-               (s["n"], s["temperature"], s["top_p"], s["max_tokens"], True) for k in model_kw)
+    assert model_kw and all((_draw(k), k["max_new_tokens"]) == ((s["temperature"], s["top_p"]), s["max_tokens"])
+                            for k in model_kw)
     rows = read_jsonl(root / "sample" / "responses.jsonl")
     expected_seeds = [derive_seed(11, 1, "sample", row["lang"], row["id"]) for row in rows]
     assert [seed for g in gens for seed in g["seeds"]] == expected_seeds
@@ -399,7 +412,7 @@ def test_eval_decoding_settings_arrive(recording_backend, tmp_path):
     assert len(gens) == 4 and all((g["n"], g["temperature"], g["top_p"], g["max_tokens"]) == (1, 0.3, 0.7, 5)
                                   for g in gens)
     model_kw = [c[1] for c in CALLS if c[0] == "model.generate"]
-    assert all((k["temperature"], k["top_p"], k["max_new_tokens"]) == (0.3, 0.7, 5) for k in model_kw)
+    assert model_kw and all((_draw(k), k["max_new_tokens"]) == ((0.3, 0.7), 5) for k in model_kw)
     ids = [r["id"] for lang in ("en", "de") for r in read_json(paths[lang])]
     langs = ["en"] * 2 + ["de"] * 2
     assert [g["seeds"][0] for g in gens] == [derive_seed(5, "eval", lang, i) for lang, i in zip(langs, ids)]
@@ -502,8 +515,8 @@ def test_lidr_decoding_arrives(recording_backend, perturbed_policy, tmp_path):
     assert (sample["n"], sample["temperature"], sample["max_tokens"], sample["repetition_penalty"]) == \
         (1, 0.0, 7, REPETITION_PENALTY)  # not sample.n / sample.temperature: LIDR answers greedily, once
     assert (trans["n"], trans["temperature"], trans["max_tokens"]) == (1, 0.0, 9)
-    assert [(k["do_sample"], k["num_return_sequences"], k["max_new_tokens"], k["repetition_penalty"])
-            for k in model_kw] == [(False, 1, 7, REPETITION_PENALTY), (False, 1, 9, 1.0)]
+    assert [(_draw(k), k["max_new_tokens"], k["repetition_penalty"])
+            for k in model_kw] == [(None, 7, REPETITION_PENALTY), (None, 9, 1.0)]
     assert [c[2] for c in CALLS if c[0] == "loaded"] == ["float32", "bfloat16"]  # sampling, then translating
 
 
@@ -524,8 +537,7 @@ def test_self_rewarding_judge_settings_arrive(recording_backend, perturbed_polic
     g = judge_calls[0][2]
     assert (g["n"], g["temperature"], g["top_p"], g["max_tokens"]) == (2, 0.4, 0.6, 5)
     k = [c[1] for c in CALLS if c[0] == "model.generate"][-1]
-    assert (k["do_sample"], k["num_return_sequences"], k["temperature"], k["top_p"], k["max_new_tokens"]) == \
-        (True, 2, 0.4, 0.6, 5)
+    assert (_draw(k), k["max_new_tokens"]) == ((0.4, 0.6), 5)
     inits = [c[1] for c in CALLS if c[0] == "init"]
     assert inits == [pipe.model(0).name]  # the judge, on judge_backend: the policy pi_0
     rows = read_jsonl(pipe.layout.root / "iter_1" / "sample" / "responses.jsonl")
