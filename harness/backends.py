@@ -81,6 +81,9 @@ class Backend:
     def __init__(self, spec: ModelSpec, dtype: str | None = None, threads: int | None = None, **options: Any):
         from transformers import AutoTokenizer
 
+        from harness.hardware import keep_freed_memory
+
+        keep_freed_memory()  # before the first big tensor (and before vLLM forks its engine, which inherits it)
         self.spec = spec
         self.path = spec.local_path()
         self.dtype = dtype or spec.dtype

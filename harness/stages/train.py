@@ -292,6 +292,9 @@ def load_train_model(path, dtype, trust_remote_code: bool = False):
     import torch
     from transformers import AutoModelForCausalLM
 
+    from harness.hardware import keep_freed_memory
+
+    keep_freed_memory()
     kw = {} if torch.cuda.is_available() else {"attn_implementation": "eager"}
     return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code, **kw)
 
