@@ -1,3 +1,5 @@
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -97,3 +99,39 @@ def test_torch_cuda_build_is_read_without_importing_torch():
     import torch
 
     assert out == [str(torch.version.cuda is not None), "False"]
+
+
+_MALLINFO = """
+import ctypes, sys
+from harness.hardware import keep_freed_memory
+libc = ctypes.CDLL(None)
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                                                "uordblks", "fordblks", "keepcost")]
+libc.mallinfo2.restype = Info
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+if sys.argv[1] == "keep":
+    assert keep_freed_memory() and keep_freed_memory()  # once per process: the second call is a no-op
+before = libc.mallinfo2().hblkhd
+block = libc.malloc(16 << 20)
+print(libc.mallinfo2().hblkhd - before)
+libc.free(block)
+"""
+
+
+def test_freed_memory_is_kept_for_reuse():
+    """harness.hardware.keep_freed_memory, in fresh processes: glibc maps a 16 MB block afresh (and would unmap it at
+    free, so its pages fault again next time); with the setting it comes from the heap, which keeps it for reuse."""
+    import ctypes
+    import platform
+
+    if platform.libc_ver()[0] != "glibc" or not hasattr(ctypes.CDLL(None), "mallinfo2"):
+        pytest.skip("glibc >= 2.33 only")
+
+    def mapped(mode: str) -> int:
+        r = subprocess.run([sys.executable, "-c", _MALLINFO, mode], capture_output=True, text=True, check=True)
+        return int(r.stdout.strip())
+
+    assert mapped("default") >= 16 << 20
+    assert mapped("keep") == 0
