@@ -8,8 +8,8 @@ EPYC, and the sort 465 ms, against about 1 s for the model's whole decoding step
 
 - the nucleus is found among each row's most likely tokens (``topk``, widened until it holds ``top_p`` of the mass),
   not by sorting all of them;
-- the draw takes one uniform variate per row and inverts the cumulative distribution. The sums are float64: over
-  blocks of 128 tokens first, then within the chosen block.
+- the draw takes one uniform variate per row and inverts the cumulative distribution, accumulated in float64: over
+  the (float32) sums of blocks of 128 tokens first, then within the chosen block.
 
 The distribution is the same as transformers': ``softmax(scores / temperature)``, restricted to the smallest set of
 most likely tokens whose mass reaches ``top_p`` (a token is kept when the mass of the tokens above it is below
@@ -50,7 +50,8 @@ def _last_positive(x):
 
 
 def _inverse_cdf(weights, u):
-    """For each row, the first index whose cumulative weight exceeds u (in float64), never one of weight 0."""
+    """For each row, the first index whose cumulative weight (in float64) exceeds u times the row's total; never
+    one of weight 0."""
     import torch
 
     cum = weights.cumsum(-1, dtype=torch.float64)
@@ -60,7 +61,8 @@ def _inverse_cdf(weights, u):
 
 def draw(probs, generator=None):
     """One token id per row of ``probs`` (non-negative weights, not necessarily normalised), drawn with one
-    uniform variate per row: the block by the blocks' float64 sums, then the token within the block."""
+    uniform variate per row: the block by the cumulative sum of the blocks' sums, then the token within the block
+    by its own; both cumulative sums in float64."""
     import torch
 
     rows, vocab = probs.shape
