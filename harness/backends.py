@@ -236,7 +236,7 @@ class TransformersBackend(Backend):
         for i, e in enumerate(enc):
             ids[i, width - len(e):] = torch.tensor(e)
             attn[i, width - len(e):] = 1
-        kwargs = self.generation_kwargs(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+        kwargs = self.generation_kwargs(temperature=temperature, top_p=top_p, max_tokens=max_tokens,
                                         repetition_penalty=repetition_penalty)
         cache = self._prompt_cache(ids, attn, n) if width > 1 and self.share_prompt_cache else None
         if cache is not None:  # generate runs only the last prompt token, then decodes
@@ -308,7 +308,7 @@ class TransformersBackend(Backend):
             cache.reorder_cache(torch.arange(len(lens)).repeat_interleave(n).to(self.device))
         return cache
 
-    def generation_kwargs(self, *, n, temperature, top_p, max_tokens, repetition_penalty=1.0) -> dict:
+    def generation_kwargs(self, *, temperature, top_p, max_tokens, repetition_penalty=1.0) -> dict:
         """What ``model.generate`` gets for these decoding settings. It always runs as greedy decoding: for
         temperature > 0 its last logits processor draws the token (:class:`harness.sampling.TokenDraw`: temperature,
         top-p, one uniform variate per row; 10x cheaper than transformers' own sort and ``torch.multinomial`` on

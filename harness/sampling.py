@@ -49,14 +49,12 @@ def _last_positive(x):
     return ((x > 0).cumsum(-1) == (x > 0).sum(-1, keepdim=True)).to(torch.int8).argmax(-1, keepdim=True)
 
 
-def _inverse_cdf(weights, u):
-    """For each row, the first index whose cumulative weight (in float64) exceeds u times the row's total; never
-    one of weight 0."""
+def _first_above(weights, cum, target):
+    """For each row, the first index whose cumulative weight ``cum`` exceeds ``target``; never one of weight 0 (a
+    target at or past the row's total, by rounding, gives its last token of positive weight)."""
     import torch
 
-    cum = weights.cumsum(-1, dtype=torch.float64)
-    at = torch.searchsorted(cum, u * cum[:, -1:], right=True)
-    return torch.minimum(at, _last_positive(weights))
+    return torch.minimum(torch.searchsorted(cum, target, right=True), _last_positive(weights))
 
 
 def draw(probs, generator=None):
@@ -68,19 +66,19 @@ def draw(probs, generator=None):
     rows, vocab = probs.shape
     u = torch.rand((rows, 1), dtype=torch.float64, device=probs.device, generator=generator)
     if vocab <= 4 * BLOCK:
-        return _inverse_cdf(probs, u)[:, 0]
+        cum = probs.cumsum(-1, dtype=torch.float64)
+        return _first_above(probs, cum, u * cum[:, -1:])[:, 0]
     pad = -vocab % BLOCK
     blocks = torch.nn.functional.pad(probs, (0, pad)) if pad else probs
     blocks = blocks.reshape(rows, -1, BLOCK)
     sums = blocks.sum(-1).double()  # float32 sums of 128 (a float64 sum of the whole tensor costs 4x the draw)
     cum = sums.cumsum(-1)
     target = u * cum[:, -1:]
-    block = torch.minimum(torch.searchsorted(cum, target, right=True), _last_positive(sums))
+    block = _first_above(sums, cum, target)
     before = (cum.gather(1, block) - sums.gather(1, block)).clamp_(min=0)
     inside = blocks[torch.arange(rows, device=probs.device), block[:, 0]]
     within = (target - before).clamp_(min=0)
-    inner = inside.cumsum(-1, dtype=torch.float64)
-    at = torch.minimum(torch.searchsorted(inner, within, right=True), _last_positive(inside))
+    at = _first_above(inside, inside.cumsum(-1, dtype=torch.float64), within)
     return (block * BLOCK + at)[:, 0]
 
 
